@@ -1,0 +1,53 @@
+"""Evaluate a checkpoint: ``python eval.py CHECKPOINT [--split test]``.
+
+CHECKPOINT is a run folder (its best checkpoint), a ``checkpoints/<name>`` folder (its
+latest) or a step folder. A checkpoint with calibrated or QAT ranges is evaluated in FP32
+and in fake-quant INT8.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from jaxdepth.cli import setup_jax
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint")
+    parser.add_argument("--split", default=None, help="data split (default: the config's eval.split)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value of the checkpoint (e.g. eval.garg_crop=true)")
+    parser.add_argument("--json", default=None, help="where to write the metrics (default: beside the run)")
+    args = parser.parse_args(argv)
+    setup_jax()
+
+    from jaxdepth import checkpoint
+    from jaxdepth.config import ConfigError, config_from_dict
+    from jaxdepth.data import DataError
+    from jaxdepth.evaluate import Evaluator, format_table
+
+    try:
+        state, meta, step_dir = checkpoint.load(args.checkpoint)
+        cfg = config_from_dict(meta["config"], args.overrides)
+        split = args.split or cfg.eval.split
+        variables = {k: state[k] for k in ("params", "batch_stats", "quant")}
+        int8 = checkpoint.has_ranges(variables)
+        rows = Evaluator(cfg).report(variables, split, int8=int8)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"checkpoint {step_dir} (phase {meta.get('phase')}), split '{split}':")
+    print(format_table(rows))
+    out = Path(args.json) if args.json else step_dir.parents[1].parent / "eval" / \
+        f"{step_dir.parent.name}_{step_dir.name}_{split}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"checkpoint": str(step_dir), "split": split, "results": rows}, indent=2))
+    print(f"metrics written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Typed configuration: dataclasses, YAML loading and ``--set key=value`` overrides.
+
+Every key is checked: an unknown or mistyped key, or a value of the wrong type, is an
+error that names the key, never a silently ignored setting.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder: str = "resnet18"                 # resnet18 | resnet34
+    encoding: str = "intfrac"                 # see jaxdepth.encodings.ENCODINGS
+    min_depth: float = 0.5
+    max_depth: float = 15.0
+    sparse: bool = True                        # build the sparse auxiliary network (SAN)
+    san_kernels: tuple[int, ...] = (5, 5, 3, 3, 3)
+    san_path_depths: tuple[int, ...] = (1, 2, 3)
+    film: bool = False                         # FiLM on scale 0 from pooled sparse features
+    decoder_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    num_scales: int = 4                        # heads trained at scales 0..num_scales-1
+    # Loss weights of the integer/fraction encoding: L_int + w_frac L_frac + w_depth L1(depth).
+    int_weight: float = 1.0
+    frac_weight: float = 10.0
+    depth_weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data/synthetic"
+    generate: bool = True                      # render the embedded data set if root is empty
+    gen_height: int = 96
+    gen_width: int = 320
+    gen_counts: dict[str, int] = field(default_factory=lambda: {
+        "train": 800, "val": 48, "test": 96, "calib": 64})
+    gen_seed: int = 0
+    height: int = 96
+    width: int = 320
+    batch_size: int = 8
+    hflip: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.05
+    lidar_drop: float = 0.1                    # share of training samples seen without LiDAR
+    workers: int = 2
+    prefetch: int = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    lr: float = 1e-3
+    lr_boundaries: tuple[float, ...] = (0.6, 0.85)   # fractions of steps
+    lr_decay: float = 0.3
+    grad_clip: float = 1.0                     # global norm; 0 disables
+    weight_decay: float = 0.0
+    seed: int = 0
+    log_every: int = 25
+    val_every: int = 250
+    ckpt_every: int = 250
+    keep: int = 2                              # last N checkpoints kept (plus the best)
+    run_dir: str = "runs/default"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    split: str = "test"
+    batch_size: int = 8
+    garg_crop: bool = False
+    median_scaling: bool = True                # also report median-scaled metrics
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    preset: str = "npu_strict"                 # npu_strict | per_channel | symmetric
+    qat_steps: int = 0                         # QAT phase after the FP32 steps
+    qat_lr: float = 1e-4
+    ema_decay: float = 0.99                    # activation range estimate during QAT
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Checks ``value`` against the annotated type ``tp``; ints widen to floats."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp, _) = typing.get_args(tp)
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        k_tp, v_tp = typing.get_args(tp)
+        return {_coerce(k, k_tp, key): _coerce(v, v_tp, f"{key}.{k}") for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} does not match {tp}")
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected null, got {value!r}")
+        return None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]!s} "
+                          f"(valid keys under '{prefix or '<top>'}': {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (tuples as lists) for YAML and JSON."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            out[f.name] = to_dict(v)
+        elif isinstance(v, tuple):
+            out[f.name] = list(v)
+        elif isinstance(v, dict):
+            out[f.name] = dict(v)
+        else:
+            out[f.name] = v
+    return out
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Reads a YAML config (or the defaults), applies ``key=value`` overrides, validates."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    try:
+        return config_from_dict(data, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path or 'config'}: {e}") from None
+
+
+def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A config stored as a dict (e.g. in a checkpoint), with ``key=value`` overrides."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        _set_path(data, key.strip(), yaml.safe_load(raw))
+    return _build(Config, data)
+
+
+def replace(cfg: Config, **sections: dict) -> Config:
+    """Returns ``cfg`` with some fields of some sections replaced, e.g. ``train={'steps': 5}``."""
+    return _build(Config, _merge(to_dict(cfg), sections))
+
+
+def _merge(base: dict, upd: dict) -> dict:
+    out = dict(base)
+    for k, v in upd.items():
+        out[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,105 @@
+"""Jitted inference over a data split and the metric report (FP32 or fake-quant INT8)."""
+from __future__ import annotations
+
+import json
+from typing import Callable, Iterable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdepth.config import Config
+from jaxdepth.data.sources import eval_pipeline
+from jaxdepth.encodings import Encoding, get_encoding
+from jaxdepth.metrics import NAMES, MetricAccumulator, image_metrics
+from jaxdepth.models import build_model, quant_for
+
+
+def make_predict(model: nn.Module, encoding: Encoding, use_lidar: bool) -> Callable:
+    """Jitted ``(variables, rgb, lidar) -> depth (B, H, W)`` from the scale-0 head."""
+    def predict(variables, rgb, lidar):
+        heads = model.apply(variables, rgb, lidar if use_lidar else None, train=False)
+        return encoding.decode(heads[0])
+    return jax.jit(predict)
+
+
+def _pad(x: np.ndarray, n: int) -> np.ndarray:
+    if len(x) == n:
+        return x
+    return np.concatenate([x, np.zeros((n - len(x),) + x.shape[1:], x.dtype)])
+
+
+def evaluate(predict: Callable, variables: dict, batches: Iterable[dict], batch_size: int,
+             encoding: Encoding, garg_crop: bool = False, median_scaling: bool = True) -> dict:
+    """Metrics over all batches; the last partial batch is padded (no recompilation)."""
+    metric_fn = jax.jit(image_metrics, static_argnums=(2, 3, 4, 5))
+    plain, scaled = MetricAccumulator(), MetricAccumulator()
+    for batch in batches:
+        n = len(batch["rgb"])
+        depth = predict(variables, _pad(batch["rgb"], batch_size), _pad(batch["lidar"], batch_size))
+        gt = jnp.asarray(_pad(batch["depth"], batch_size))
+        args = (encoding.min_depth, encoding.max_depth, garg_crop)
+        m, ok = metric_fn(depth, gt, *args, False)
+        plain.add(np.asarray(m)[:n], np.asarray(ok)[:n])
+        if median_scaling:
+            m, ok = metric_fn(depth, gt, *args, True)
+            scaled.add(np.asarray(m)[:n], np.asarray(ok)[:n])
+    out = {"metrics": plain.result()}
+    if median_scaling:
+        out["median_scaled"] = scaled.result()
+    return out
+
+
+class Evaluator:
+    """The models of one config in FP32 and fake-quant INT8, with cached jitted predictors."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.encoding = get_encoding(cfg.model)
+        self.models = {m: build_model(cfg.model, quant_for(cfg, m)) for m in ("float", "fake")}
+        self._predict: dict[tuple[str, bool], Callable] = {}
+
+    def predictor(self, mode: str, use_lidar: bool) -> Callable:
+        key = (mode, use_lidar)
+        if key not in self._predict:
+            self._predict[key] = make_predict(self.models[mode], self.encoding, use_lidar)
+        return self._predict[key]
+
+    def __call__(self, variables: dict, split: str, mode: str = "float",
+                 use_lidar: bool | None = None) -> dict:
+        cfg = self.cfg
+        use_lidar = cfg.model.sparse if use_lidar is None else use_lidar
+        return evaluate(self.predictor(mode, use_lidar), variables, eval_pipeline(cfg, split).epoch(0),
+                        cfg.eval.batch_size, self.encoding, cfg.eval.garg_crop, cfg.eval.median_scaling)
+
+    def report(self, variables: dict, split: str, int8: bool, fp32_variables: dict | None = None) -> dict:
+        """Rows of the standard table. ``fp32_variables``: the FP32 model a QAT run started
+        from; its PTQ min-max INT8 row is the baseline QAT must beat."""
+        rows: dict[str, dict] = {}
+        base = fp32_variables if fp32_variables is not None else variables
+        full = self(base, split, "float")
+        rows["fp32"] = full["metrics"]
+        if "median_scaled" in full:
+            rows["fp32 median-scaled"] = full["median_scaled"]
+        if self.cfg.model.sparse:
+            rows["fp32 monocular"] = self(base, split, "float", use_lidar=False)["metrics"]
+        if fp32_variables is not None:
+            rows["int8 ptq min-max"] = self(fp32_variables, split, "fake")["metrics"]
+            rows["qat weights in fp32"] = self(variables, split, "float")["metrics"]
+        if int8:
+            rows["int8 qat" if fp32_variables is not None else "int8 fake-quant"] = \
+                self(variables, split, "fake")["metrics"]
+        return rows
+
+
+def format_table(rows: dict[str, dict]) -> str:
+    """A fixed-width table: one row per named result, one column per metric."""
+    head = f"{'':<28}" + "".join(f"{k:>10}" for k in NAMES) + f"{'images':>8}"
+    lines = [head, "-" * len(head)]
+    for name, m in rows.items():
+        lines.append(f"{name:<28}" + "".join(f"{m[k]:>10.4f}" for k in NAMES) + f"{m['images']:>8d}")
+    skipped = {n: m["skipped_images"] for n, m in rows.items() if m.get("skipped_images")}
+    if skipped:
+        lines.append("images without a valid pixel (skipped): " + json.dumps(skipped))
+    return "\n".join(lines)

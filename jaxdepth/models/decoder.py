@@ -1,0 +1,36 @@
+"""Depth decoder (monodepth2 family) with sigmoid heads at scales 0..3."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from jaxdepth.models.layers import FLOAT, Concat, Conv, Head, Quant, Tensor, upsample2x
+
+
+class DepthDecoder(nn.Module):
+    """For i = 4..0: conv3x3+ReLU, nearest x2, concat skip i-1, conv3x3+ReLU; heads.
+
+    Zero padding, bias, no normalisation. Returns head outputs for scales
+    0..num_scales-1 (finest first); at inference only scale 0 is built.
+    """
+
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    out_channels: int = 1
+    num_scales: int = 4
+    quant: Quant = FLOAT
+
+    @nn.compact
+    def __call__(self, features: list[Tensor], train: bool = False,
+                 all_scales: bool = False) -> list[jax.Array]:
+        heads: dict[int, jax.Array] = {}
+        scales = range(self.num_scales) if all_scales else [0]
+        x = features[-1]
+        for i in range(len(self.channels) - 1, -1, -1):
+            x = Conv(self.channels[i], 3, bn=False, quant=self.quant, name=f"upconv{i}_0")(x, train)
+            x = upsample2x(x)
+            if i > 0:
+                x = Concat(self.quant, name=f"skip{i}")([x, features[i - 1]], train)
+            x = Conv(self.channels[i], 3, bn=False, quant=self.quant, name=f"upconv{i}_1")(x, train)
+            if i in scales:
+                heads[i] = Head(self.out_channels, self.quant, name=f"head{i}")(x, train)
+        return [heads[s] for s in sorted(heads)]

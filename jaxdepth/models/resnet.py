@@ -1,0 +1,54 @@
+"""ResNet-18/34 encoder: five feature maps at strides 2, 4, 8, 16, 32."""
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+
+from jaxdepth.models.layers import FLOAT, Add, Conv, Input, Quant, Tensor, max_pool
+
+MEAN, STD = 0.45, 0.225
+STAGE_SIZES = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+CHANNELS = (64, 64, 128, 256, 512)
+
+
+class BasicBlock(nn.Module):
+    features: int
+    stride: int = 1
+    quant: Quant = FLOAT
+
+    @nn.compact
+    def __call__(self, x: Tensor, train: bool) -> Tensor:
+        conv = functools.partial(Conv, quant=self.quant)
+        y = conv(self.features, 3, self.stride, name="conv1")(x, train)
+        y = conv(self.features, 3, relu=False, name="conv2")(y, train)
+        if self.stride != 1 or x_channels(x) != self.features:
+            x = conv(self.features, 1, self.stride, relu=False, name="shortcut")(x, train)
+        return Add(relu=True, quant=self.quant, name="add")(y, x, train=train)
+
+
+def x_channels(x: Tensor) -> int:
+    return (x.value if hasattr(x, "value") else x).shape[-1]
+
+
+class ResNetEncoder(nn.Module):
+    """Input normalisation (x - 0.45) / 0.225 inside the model, as in the NPU graph."""
+
+    depth: str = "resnet18"
+    quant: Quant = FLOAT
+
+    @nn.compact
+    def __call__(self, rgb, train: bool = False) -> list[Tensor]:
+        if self.depth not in STAGE_SIZES:
+            raise ValueError(f"unknown encoder {self.depth!r}; choose one of {sorted(STAGE_SIZES)}")
+        x = Input((0.0 - MEAN) / STD, (1.0 - MEAN) / STD, self.quant, name="input")(
+            (rgb - MEAN) / STD)
+        x = Conv(CHANNELS[0], 7, 2, quant=self.quant, name="conv1")(x, train)
+        features = [x]
+        x = max_pool(x, 3, 2)
+        for i, blocks in enumerate(STAGE_SIZES[self.depth]):
+            for j in range(blocks):
+                stride = 2 if (i > 0 and j == 0) else 1
+                x = BasicBlock(CHANNELS[i + 1], stride, self.quant, name=f"layer{i + 1}_{j}")(x, train)
+            features.append(x)
+        return features

@@ -1,0 +1,91 @@
+"""ResNetSAN01: RGB ResNet encoder + sparse auxiliary network, fused scale by scale."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxdepth.models.decoder import DepthDecoder
+from jaxdepth.models.layers import FLOAT, Fusion, Quant, Tensor, value
+from jaxdepth.models.resnet import ResNetEncoder
+from jaxdepth.models.san import SparseEncoder
+
+
+class FiLM(nn.Module):
+    """gamma, beta from globally pooled sparse features modulate the scale-0 features.
+
+    FP32 and fake-quant only: the tensor-by-tensor multiply is outside the NPU op set,
+    so the integer export rejects models built with it.
+    """
+
+    @nn.compact
+    def __call__(self, x: Tensor, sparse: Tensor) -> Tensor:
+        pooled = value(sparse).mean(axis=(1, 2), keepdims=True)
+        c = value(x).shape[-1]
+        gb = nn.Dense(2 * c, kernel_init=nn.initializers.zeros, name="dense")(pooled)
+        gamma, beta = jnp.split(gb, 2, axis=-1)
+        y = value(x) * (1.0 + gamma) + beta
+        return x.replace(value=y) if hasattr(x, "value") else y
+
+
+class ResNetSAN(nn.Module):
+    """Depth from RGB, optionally completed with sparse LiDAR.
+
+    ``lidar`` None runs the RGB path alone (monocular) with the same weights; a per-sample
+    ``has_lidar`` flag lets one batch mix both, which is how training keeps the monocular
+    path working.
+    """
+
+    encoder: str = "resnet18"
+    out_channels: int = 1
+    sparse: bool = True
+    san_kernels: tuple[int, ...] = (5, 5, 3, 3, 3)
+    san_path_depths: tuple[int, ...] = (1, 2, 3)
+    film: bool = False
+    decoder_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    num_scales: int = 4
+    min_depth: float = 0.5
+    quant: Quant = FLOAT
+
+    @nn.compact
+    def __call__(self, rgb: jax.Array, lidar: jax.Array | None = None, train: bool = False,
+                 all_scales: bool = False, has_lidar: jax.Array | None = None) -> list[jax.Array]:
+        features = ResNetEncoder(self.encoder, self.quant, name="encoder")(rgb, train)
+        if self.sparse and (lidar is not None or self.is_initializing()):
+            if lidar is None:
+                lidar = jnp.zeros(rgb.shape[:-1], rgb.dtype)
+            sparse = SparseEncoder(self.san_kernels, self.san_path_depths, self.min_depth,
+                                   self.quant, name="san")(lidar, train)
+            fused = [Fusion(self.quant, name=f"fuse{i}")(f, s, train)
+                     for i, (f, s) in enumerate(zip(features, sparse))]
+            if self.film:
+                fused[0] = FiLM(name="film")(fused[0], sparse[0])
+            if has_lidar is not None:
+                fused = [_select(has_lidar, f, r) for f, r in zip(fused, features)]
+            features = fused
+        return DepthDecoder(self.decoder_channels, self.out_channels, self.num_scales, self.quant,
+                            name="decoder")(features, train, all_scales)
+
+
+def _select(flag: jax.Array, a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample choice between two feature maps (training only, FP32)."""
+    f = flag.reshape(-1, 1, 1, 1)
+    if hasattr(a, "value"):
+        raise ValueError("per-sample LiDAR dropout is an FP32 training feature")
+    return jnp.where(f, a, b)
+
+
+def build_model(model_cfg, quant: Quant = FLOAT) -> ResNetSAN:
+    from jaxdepth.encodings import get_encoding
+    enc = get_encoding(model_cfg)
+    return ResNetSAN(encoder=model_cfg.encoder, out_channels=enc.channels,
+                     sparse=model_cfg.sparse, san_kernels=tuple(model_cfg.san_kernels),
+                     san_path_depths=tuple(model_cfg.san_path_depths), film=model_cfg.film,
+                     decoder_channels=tuple(model_cfg.decoder_channels),
+                     num_scales=model_cfg.num_scales, min_depth=model_cfg.min_depth, quant=quant)
+
+
+def quant_for(cfg, mode: str) -> Quant:
+    """The ``Quant`` of a full ``Config`` (its quantization preset) in ``mode``."""
+    from jaxdepth.quant.numerics import get_scheme
+    return Quant(mode, get_scheme(cfg.quant.preset), cfg.quant.ema_decay)

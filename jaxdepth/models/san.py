@@ -1,0 +1,83 @@
+"""The sparse auxiliary network (SAN): a dense, NPU-legal encoder for sparse LiDAR depth.
+
+The reference runs this branch with sparse convolutions (MinkowskiEngine), which compute
+outputs only at active sites and sum only active neighbours. A dense convolution over a
+zero-filled input sums exactly the same neighbours (empty sites contribute 0), so at the
+active sites it computes what the sparse convolution computes; what differs is that empty
+sites also get a value. Sparsity is therefore made explicit instead of implicit:
+
+* The input is two channels, normalised inverse depth ``min_depth / d`` (0 = no return)
+  and its validity mask, and the mask is concatenated to the input of every stage, so
+  each convolution knows where data is and learns to renormalise by the local density
+  (the role of normalised convolution) rather than averaging returns with empty pixels.
+* Downsampling is a 2x2 max-pool. Features are non-negative (inputs and ReLU outputs) and
+  empty sites are 0, so max-pooling never lets an empty site win over a return: it is a
+  mask-aware pooling that densifies the map stage by stage; on inverse depth it keeps the
+  nearest return of a block (foreground wins, as it should).
+
+Each stage: pool by 2, then three parallel conv paths of depth 1, 2 and 3 (conv + BN +
+ReLU), summed. Channels 64, 64, 128, 256, 512 match the RGB encoder scale by scale.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxdepth.models.layers import FLOAT, Add, Concat, Conv, Input, Quant, Tensor, max_pool
+from jaxdepth.models.resnet import CHANNELS
+
+
+def encode_sparse(lidar: jax.Array, min_depth: float) -> jax.Array:
+    """(B, H, W) metres, 0 = no return -> (B, H, W, 2): [min_depth / d, valid mask]."""
+    valid = lidar > 0
+    inv = jnp.where(valid, min_depth / jnp.maximum(lidar, min_depth), 0.0)
+    return jnp.stack([inv, valid.astype(jnp.float32)], axis=-1)
+
+
+class SparseStage(nn.Module):
+    features: int
+    kernel: int
+    path_depths: tuple[int, ...] = (1, 2, 3)
+    quant: Quant = FLOAT
+
+    @nn.compact
+    def __call__(self, x: Tensor, mask: Tensor, train: bool) -> Tensor:
+        x = Concat(self.quant, name="with_mask")([x, mask], train)
+        paths = []
+        for depth in self.path_depths:
+            y = x
+            for j in range(depth):
+                y = Conv(self.features, self.kernel, quant=self.quant, name=f"path{depth}_{j}")(y, train)
+            paths.append(y)
+        return Add(quant=self.quant, name="sum")(*paths, train=train)
+
+
+class SparseEncoder(nn.Module):
+    """Five stages at strides 2..32; returns one feature map per encoder scale."""
+
+    kernels: tuple[int, ...] = (5, 5, 3, 3, 3)
+    path_depths: tuple[int, ...] = (1, 2, 3)
+    min_depth: float = 0.5
+    quant: Quant = FLOAT
+
+    @nn.compact
+    def __call__(self, lidar: jax.Array, train: bool = False) -> list[Tensor]:
+        if len(self.kernels) != len(CHANNELS):
+            raise ValueError(f"san_kernels needs {len(CHANNELS)} entries, got {self.kernels}")
+        x = Input(0.0, 1.0, self.quant, name="input")(encode_sparse(lidar, self.min_depth))
+        mask = _channel(x, 1)
+        x = _channel(x, 0)
+        features = []
+        for i, (c, k) in enumerate(zip(CHANNELS, self.kernels)):
+            x, mask = max_pool(x, 2, 2), max_pool(mask, 2, 2)
+            x = SparseStage(c, k, self.path_depths, self.quant, name=f"stage{i}")(x, mask, train)
+            features.append(x)
+        return features
+
+
+def _channel(x: Tensor, i: int) -> Tensor:
+    """Channel split (an NPU Split op): keeps the quantization parameters."""
+    if hasattr(x, "value"):
+        return x.replace(value=x.value[..., i:i + 1])
+    return x[..., i:i + 1]
