@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 
 from jaxdepth.config import ModelConfig
-from jaxdepth.encodings import InverseDepth, IntegerFraction, get_encoding
+from jaxdepth.encodings import InverseDepth, IntegerFraction, LogDepth, get_encoding
 
 DEPTHS = jnp.array([0.5, 0.99, 1.0, 1.01, 2.5, 7.999, 14.99])
 
 
-@pytest.mark.parametrize("enc", [InverseDepth(), IntegerFraction()])
+@pytest.mark.parametrize("enc", [InverseDepth(), LogDepth(), IntegerFraction()])
 def test_encode_decode_round_trip(enc):
     targets = enc.encode(DEPTHS)
     assert targets.shape == DEPTHS.shape + (enc.channels,)
@@ -26,7 +26,7 @@ def test_inverse_extremes():
     np.testing.assert_allclose(enc.decode(jnp.array([[0.0], [1.0]])), [15.0, 0.5], rtol=1e-6)
 
 
-@pytest.mark.parametrize("enc", [InverseDepth(), IntegerFraction()])
+@pytest.mark.parametrize("enc", [InverseDepth(), LogDepth(), IntegerFraction()])
 def test_loss_zero_at_target_and_ignores_masked_pixels(enc):
     depth = jnp.array([[1.5, 4.0, 9.0]])
     mask = jnp.array([[True, True, False]])
@@ -52,3 +52,12 @@ def test_get_encoding_from_config():
     assert isinstance(enc, IntegerFraction) and enc.frac_weight == 3.0 and enc.max_depth == 10.0
     with pytest.raises(ValueError, match="unknown encoding"):
         get_encoding(ModelConfig(encoding="nope"))
+
+
+def test_log_head_has_uniform_relative_step():
+    enc = LogDepth(0.5, 15.0)
+    codes = jnp.arange(256) / 255.0
+    d = enc.decode(codes[:, None])
+    np.testing.assert_allclose(d[1:] / d[:-1], np.exp(np.log(30.0) / 255), rtol=1e-5)
+    assert float(enc.loss(enc.encode(jnp.array([[2.0]])) , jnp.array([[2.0 * np.e ** 0.1]]),
+                          jnp.ones((1, 1), bool))) == pytest.approx(0.1, rel=1e-4)

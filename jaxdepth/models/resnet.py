@@ -5,9 +5,8 @@ import functools
 
 import flax.linen as nn
 
-from jaxdepth.models.layers import FLOAT, Add, Conv, Input, Quant, Tensor, max_pool
+from jaxdepth.models.layers import FLOAT, Add, Conv, Input, Quant, Tensor, max_pool, shape
 
-MEAN, STD = 0.45, 0.225
 STAGE_SIZES = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 CHANNELS = (64, 64, 128, 256, 512)
 
@@ -22,13 +21,11 @@ class BasicBlock(nn.Module):
         conv = functools.partial(Conv, quant=self.quant)
         y = conv(self.features, 3, self.stride, name="conv1")(x, train)
         y = conv(self.features, 3, relu=False, name="conv2")(y, train)
-        if self.stride != 1 or x_channels(x) != self.features:
+        if self.stride != 1 or shape(x)[-1] != self.features:
             x = conv(self.features, 1, self.stride, relu=False, name="shortcut")(x, train)
         return Add(relu=True, quant=self.quant, name="add")(y, x, train=train)
 
 
-def x_channels(x: Tensor) -> int:
-    return (x.value if hasattr(x, "value") else x).shape[-1]
 
 
 class ResNetEncoder(nn.Module):
@@ -41,8 +38,7 @@ class ResNetEncoder(nn.Module):
     def __call__(self, rgb, train: bool = False) -> list[Tensor]:
         if self.depth not in STAGE_SIZES:
             raise ValueError(f"unknown encoder {self.depth!r}; choose one of {sorted(STAGE_SIZES)}")
-        x = Input((0.0 - MEAN) / STD, (1.0 - MEAN) / STD, self.quant, name="input")(
-            (rgb - MEAN) / STD)
+        x = Input("rgb", quant=self.quant, name="input")(rgb)
         x = Conv(CHANNELS[0], 7, 2, quant=self.quant, name="conv1")(x, train)
         features = [x]
         x = max_pool(x, 3, 2)

@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdepth.export.graph import SymTensor
 from jaxdepth.models.decoder import DepthDecoder
 from jaxdepth.models.layers import FLOAT, Fusion, Quant, Tensor, value
 from jaxdepth.models.resnet import ResNetEncoder
@@ -20,6 +21,9 @@ class FiLM(nn.Module):
 
     @nn.compact
     def __call__(self, x: Tensor, sparse: Tensor) -> Tensor:
+        if isinstance(x, SymTensor):
+            raise ValueError("model.film=True cannot be exported: FiLM multiplies two tensors, "
+                             "an op outside the NPU's op set")
         pooled = value(sparse).mean(axis=(1, 2), keepdims=True)
         c = value(x).shape[-1]
         gb = nn.Dense(2 * c, kernel_init=nn.initializers.zeros, name="dense")(pooled)

@@ -22,17 +22,10 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from jaxdepth.models.layers import FLOAT, Add, Concat, Conv, Input, Quant, Tensor, max_pool
+from jaxdepth.models.layers import (FLOAT, Add, Concat, Conv, Input, Quant, Tensor, encode_sparse,
+                                     max_pool, split_channel)
 from jaxdepth.models.resnet import CHANNELS
-
-
-def encode_sparse(lidar: jax.Array, min_depth: float) -> jax.Array:
-    """(B, H, W) metres, 0 = no return -> (B, H, W, 2): [min_depth / d, valid mask]."""
-    valid = lidar > 0
-    inv = jnp.where(valid, min_depth / jnp.maximum(lidar, min_depth), 0.0)
-    return jnp.stack([inv, valid.astype(jnp.float32)], axis=-1)
 
 
 class SparseStage(nn.Module):
@@ -65,9 +58,8 @@ class SparseEncoder(nn.Module):
     def __call__(self, lidar: jax.Array, train: bool = False) -> list[Tensor]:
         if len(self.kernels) != len(CHANNELS):
             raise ValueError(f"san_kernels needs {len(CHANNELS)} entries, got {self.kernels}")
-        x = Input(0.0, 1.0, self.quant, name="input")(encode_sparse(lidar, self.min_depth))
-        mask = _channel(x, 1)
-        x = _channel(x, 0)
+        x = Input("sparse", self.min_depth, self.quant, name="input")(lidar)
+        x, mask = split_channel(x, 0), split_channel(x, 1)
         features = []
         for i, (c, k) in enumerate(zip(CHANNELS, self.kernels)):
             x, mask = max_pool(x, 2, 2), max_pool(mask, 2, 2)
@@ -76,8 +68,4 @@ class SparseEncoder(nn.Module):
         return features
 
 
-def _channel(x: Tensor, i: int) -> Tensor:
-    """Channel split (an NPU Split op): keeps the quantization parameters."""
-    if hasattr(x, "value"):
-        return x.replace(value=x.value[..., i:i + 1])
-    return x[..., i:i + 1]
+__all__ = ["SparseEncoder", "SparseStage", "encode_sparse"]

@@ -1,0 +1,162 @@
+"""End to end: train a tiny model, evaluate it, resume, stop on NaN, data parallelism."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_overrides
+from jaxdepth import checkpoint
+from jaxdepth.config import load_config
+from jaxdepth.trainer import NonFiniteLoss, Trainer
+
+ROOT = Path(__file__).parents[1]
+
+
+def tiny_cfg(data: Path, run: Path, **extra):
+    return load_config(None, tiny_overrides(data, run, **extra))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_data, tmp_path_factory):
+    """A 4-step FP32 + 2-step QAT run, finished, with its test report."""
+    run = tmp_path_factory.mktemp("run")
+    trainer = Trainer(tiny_cfg(tiny_data, run, quant__qat_steps=2), progress=False)
+    trainer.fit()
+    return trainer, trainer.test_report()
+
+
+def test_run_writes_log_checkpoints_and_metrics(finished_run):
+    trainer, rows = finished_run
+    log = [json.loads(l) for l in (trainer.run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "val" in r] == [2, 4, 6]
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 7))
+    assert any(r.get("event") == "ptq_calibrated" for r in log)
+    assert int(trainer.state.step) == 6
+    assert set(rows) == {"fp32", "fp32 median-scaled", "fp32 monocular", "int8 ptq min-max",
+                         "qat weights in fp32", "int8 qat"}
+    for m in rows.values():
+        assert m["images"] == 6 and m["skipped_images"] == 0
+        assert 0.0 < m["abs_rel"] < 10.0 and 0.0 <= m["a1"] <= 1.0
+    assert checkpoint.resolve(trainer.run_dir).parent.name == "best_qat"
+    assert json.loads((trainer.run_dir / "test_metrics.json").read_text()) == rows
+
+
+def test_eval_cli_reproduces_the_training_report(finished_run, tmp_path, capsys):
+    trainer, rows = finished_run
+    sys.path.insert(0, str(ROOT))
+    import eval as eval_cli
+
+    out = tmp_path / "m.json"
+    assert eval_cli.main([str(trainer.run_dir), "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert results["int8 fake-quant"] == pytest.approx(rows["int8 qat"], rel=1e-6)
+    assert results["fp32"] == pytest.approx(rows["qat weights in fp32"], rel=1e-6)
+    assert "int8 fake-quant" in capsys.readouterr().out
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
+    straight = Trainer(tiny_cfg(tiny_data, tmp_path / "a"), progress=False)
+    straight.fit()
+
+    cfg = tiny_cfg(tiny_data, tmp_path / "b")
+    first = Trainer(cfg, progress=False)
+    real_step = first._train_step(False)
+    calls = {"n": 0}
+
+    def crashing(state, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Interrupt
+        return real_step(state, batch)
+
+    monkeypatch.setattr(first, "_train_step", lambda qat: crashing)
+    with pytest.raises(Interrupt):
+        first.fit()
+    resumed = Trainer(cfg, progress=False)
+    assert int(resumed.state.step) == 2
+    resumed.fit()
+    for a, b in zip(jax.tree.leaves(straight.state.params), jax.tree.leaves(resumed.state.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
+    trainer = Trainer(tiny_cfg(tiny_data, tmp_path / "n"), progress=False)
+    import jaxdepth.trainer as trainer_mod
+
+    real_shard = trainer_mod.shard_batch
+    calls = {"n": 0}
+
+    def poisoned(batch, mesh):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            batch = {**batch, "rgb": np.full_like(batch["rgb"], np.nan)}
+        return real_shard(batch, mesh)
+
+    monkeypatch.setattr(trainer_mod, "shard_batch", poisoned)
+    with pytest.raises(NonFiniteLoss, match="step 2"):
+        trainer.fit()
+    state, meta, step_dir = checkpoint.load(tmp_path / "n" / "checkpoints" / "last")
+    assert step_dir.name == "2"
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+
+
+def test_init_from_checkpoint(finished_run, tiny_data, tmp_path):
+    trainer, _ = finished_run
+    qat = Trainer(tiny_cfg(tiny_data, tmp_path / "q", train__steps=0, quant__qat_steps=1),
+                  init_from=str(trainer.run_dir / "checkpoints" / "last"), progress=False)
+    src = jax.tree.leaves(trainer.state.params)
+    dst = jax.tree.leaves(qat.state.params)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(src, dst))
+    assert int(qat.state.step) == 0
+
+
+TWO_DEVICES = textwrap.dedent("""
+    import jax, numpy as np
+    from jax.sharding import Mesh
+    from conftest import tiny_overrides
+    from jaxdepth.config import load_config
+    from jaxdepth.encodings import get_encoding
+    from jaxdepth.models import build_model
+    from jaxdepth.train_lib import init_state, make_optimizer, make_train_step, replicate, shard_batch
+    assert jax.device_count() == 2
+    cfg = load_config(None, tiny_overrides("unused", "unused", data__lidar_drop=0.0))
+    model, opt = build_model(cfg.model), make_optimizer(cfg)
+    rng = np.random.default_rng(0)
+    batch = {"rgb": rng.random((2, 32, 64, 3), np.float32),
+             "depth": rng.uniform(0.6, 14, (2, 32, 64)).astype(np.float32),
+             "lidar": np.where(rng.random((2, 32, 64)) < 0.05, 3.0, 0.0).astype(np.float32)}
+    out = []
+    for n in (1, 2):
+        mesh = Mesh(np.array(jax.devices()[:n]), ("data",))
+        state = replicate(init_state(model, opt, 0, 32, 64), mesh)
+        step = make_train_step(model, get_encoding(cfg.model), opt, cfg, mesh, qat=False)
+        state, stats = step(state, shard_batch(batch, mesh))
+        assert len(state.params["encoder"]["conv1"]["kernel"].sharding.device_set) == n
+        out.append((float(stats["loss"]), jax.tree.map(np.asarray, (state.params, state.batch_stats))))
+    (l1, t1), (l2, t2) = out
+    assert abs(l1 - l2) < 1e-5 * abs(l1), (l1, l2)
+    for a, b in zip(jax.tree.leaves(t1), jax.tree.leaves(t2)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+    print("ok", l1, l2)
+""")
+
+
+def test_two_device_step_equals_one_device_step():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "PYTHONPATH": str(ROOT / "tests")}
+    proc = subprocess.run([sys.executable, "-c", TWO_DEVICES], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=ROOT / "tests")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("ok")
