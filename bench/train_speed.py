@@ -7,46 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import time
+
+from common import machine, time_steps
 
 from jaxdepth.cli import setup_jax
-
-
-def time_steps(cfg, steps: int, qat: bool = False) -> dict:
-    import jax
-    import numpy as np
-
-    from jaxdepth.encodings import get_encoding
-    from jaxdepth.models import build_model, quant_for
-    from jaxdepth.train_lib import init_state, make_mesh, make_optimizer, make_train_step, replicate, shard_batch
-
-    d = cfg.data
-    mesh = make_mesh()
-    opt = make_optimizer(cfg)
-    model = build_model(cfg.model, quant_for(cfg, "fake" if qat else "float"))
-    state = replicate(init_state(build_model(cfg.model), opt, 0, d.height, d.width), mesh)
-    step = make_train_step(model, get_encoding(cfg.model), opt, cfg, mesh, qat)
-    rng = np.random.default_rng(0)
-    batch = {"rgb": rng.random((d.batch_size, d.height, d.width, 3), np.float32),
-             "depth": rng.uniform(0.5, 15, (d.batch_size, d.height, d.width)).astype(np.float32),
-             "lidar": np.where(rng.random((d.batch_size, d.height, d.width)) < 0.05,
-                               rng.uniform(0.5, 15, (d.batch_size, d.height, d.width)), 0).astype(np.float32)}
-    batch = shard_batch(batch, mesh)
-    t0 = time.perf_counter()
-    state, stats = step(state, batch)
-    jax.block_until_ready(stats)
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        state, stats = step(state, batch)
-        jax.block_until_ready(stats)
-        times.append(time.perf_counter() - t0)
-    step_s = float(np.median(times))
-    return {"height": d.height, "width": d.width, "batch": d.batch_size, "qat": qat,
-            "first_step_s": round(compile_s, 2), "step_s": round(step_s, 3),
-            "images_per_s": round(d.batch_size / step_s, 2)}
 
 
 def main() -> None:
@@ -56,7 +20,6 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     setup_jax()
-    import jax
     from jaxdepth.config import load_config
 
     cfg = load_config(args.config, args.overrides)
@@ -66,8 +29,7 @@ def main() -> None:
     for name, r in rows.items():
         print(f"{name:<12}{r['height']:>5}x{r['width']:<4}{r['batch']:>7}{r['step_s']:>9.3f}"
               f"{r['images_per_s']:>8.2f}{r['first_step_s']:>12.1f}")
-    print(json.dumps({"bench": "train_speed", "machine": f"{platform.machine()} {jax.device_count()}x "
-                      f"{jax.devices()[0].platform}", "results": rows}))
+    print(json.dumps({"bench": "train_speed", "machine": machine(), "results": rows}))
 
 
 if __name__ == "__main__":

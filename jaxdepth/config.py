@@ -64,6 +64,7 @@ class DataConfig:
 class TrainConfig:
     steps: int = 1000
     lr: float = 1e-3
+    warmup_steps: int = 0                      # linear warm-up from 0 to lr
     lr_boundaries: tuple[float, ...] = (0.6, 0.85)   # fractions of steps
     lr_decay: float = 0.3
     grad_clip: float = 1.0                     # global norm; 0 disables

@@ -35,10 +35,14 @@ class TrainState:
 
 
 def learning_rate(cfg: Config) -> optax.Schedule:
-    """FP32 phase: step decay at fractions of ``train.steps``; QAT phase: ``qat_lr``."""
+    """FP32 phase: linear warm-up, then step decay at fractions of ``train.steps``;
+    QAT phase: constant ``qat_lr``."""
     t = cfg.train
     fp32 = optax.piecewise_constant_schedule(
         t.lr, {int(f * t.steps): t.lr_decay for f in t.lr_boundaries})
+    if t.warmup_steps > 0:
+        warmup = optax.linear_schedule(0.0, t.lr, t.warmup_steps)
+        fp32 = optax.join_schedules([warmup, fp32], [t.warmup_steps])
     if cfg.quant.qat_steps <= 0:
         return fp32
     return optax.join_schedules([fp32, optax.constant_schedule(cfg.quant.qat_lr)], [t.steps])
@@ -104,7 +108,7 @@ def make_train_step(model: nn.Module, encoding: Encoding, optimizer: optax.Gradi
         upd, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, upd)
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, **updates)
-        return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     repl = NamedSharding(mesh, P())
     return jax.jit(step, in_shardings=(repl, batch_sharding(mesh)), out_shardings=(repl, repl),

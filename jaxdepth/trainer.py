@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 from tqdm import tqdm
 
 from jaxdepth import checkpoint
-from jaxdepth.config import Config, save_config, to_dict
+from jaxdepth.config import Config, ConfigError, save_config, to_dict
 from jaxdepth.data.sources import eval_pipeline, train_pipeline
 from jaxdepth.evaluate import Evaluator
 from jaxdepth.quant.calibrate import calibrate
@@ -58,6 +59,11 @@ class Trainer:
             self._log({"event": "resume", "step": int(state.step)})
         elif init_from is not None:
             loaded, meta, step_dir = checkpoint.load(init_from)
+            for key in ("params", "batch_stats", "quant"):
+                want, got = jax.tree.structure(getattr(state, key)), jax.tree.structure(loaded[key])
+                if want != got:
+                    raise ConfigError(f"--init-from {step_dir}: its '{key}' do not fit this config's "
+                                     "model (different model.* settings?)")
             state = state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"],
                                   quant=loaded["quant"])
             self._log({"event": "init_from", "checkpoint": str(step_dir)})

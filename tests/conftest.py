@@ -30,7 +30,7 @@ def tiny_overrides(data_root: Path, run_dir: Path, **extra: object) -> list[str]
         "data.root": str(data_root), "data.generate": False, "data.height": 32, "data.width": 64,
         "data.batch_size": 2, "data.workers": 1, "eval.batch_size": 4,
         "model.san_kernels": "[3,3,3,3,3]", "model.san_path_depths": "[1]",
-        "model.decoder_channels": "[4,8,8,16,16]",
+        "model.decoder_channels": "[4,8,8,16,16]", "model.num_scales": 2,
         "train.steps": 4, "train.log_every": 1, "train.val_every": 2, "train.ckpt_every": 2,
         "train.run_dir": str(run_dir),
     }
@@ -54,3 +54,19 @@ def tiny_model():
     init = jax.jit(lambda k: model.init(k, jnp.zeros((1, 32, 64, 3)), jnp.zeros((1, 32, 64)),
                                         all_scales=True))
     return model, init(jax.random.PRNGKey(0))
+
+
+def tiny_cfg(data: Path, run: Path, **extra: object):
+    from jaxdepth.config import load_config
+    return load_config(None, tiny_overrides(data, run, **extra))
+
+
+@pytest.fixture(scope="session")
+def finished_run(tiny_data, tmp_path_factory):
+    """A finished 4-step FP32 + 2-step QAT run of the tiny model, and its test report."""
+    from jaxdepth.trainer import Trainer
+
+    run = tmp_path_factory.mktemp("run")
+    trainer = Trainer(tiny_cfg(tiny_data, run, quant__qat_steps=2), progress=False)
+    trainer.fit()
+    return trainer, trainer.test_report()

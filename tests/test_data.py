@@ -397,3 +397,13 @@ def test_pipeline_over_generated_folder(dataset_root: Path) -> None:
     assert len(batches) == p.steps_per_epoch == 2
     assert batches[0]["rgb"].shape == (2, 16, 32, 3)
     assert all((b["lidar"] > 0).any() for b in batches)
+
+
+def test_ensure_dataset_refuses_data_rendered_with_other_parameters(tmp_path):
+    from jaxdepth.data import ensure_dataset
+
+    counts = {"train": 1, "val": 1}
+    ensure_dataset(tmp_path, height=16, width=32, counts=counts, seed=0)
+    assert ensure_dataset(tmp_path, height=16, width=32, counts=counts, seed=0) == tmp_path
+    with pytest.raises(DataError, match=r"meta\.json.*height: 16 on disk, 24 asked"):
+        ensure_dataset(tmp_path, height=24, width=32, counts=counts, seed=0)

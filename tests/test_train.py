@@ -12,25 +12,12 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_overrides
+from conftest import tiny_cfg
 from jaxdepth import checkpoint
 from jaxdepth.config import load_config
 from jaxdepth.trainer import NonFiniteLoss, Trainer
 
 ROOT = Path(__file__).parents[1]
-
-
-def tiny_cfg(data: Path, run: Path, **extra):
-    return load_config(None, tiny_overrides(data, run, **extra))
-
-
-@pytest.fixture(scope="module")
-def finished_run(tiny_data, tmp_path_factory):
-    """A 4-step FP32 + 2-step QAT run, finished, with its test report."""
-    run = tmp_path_factory.mktemp("run")
-    trainer = Trainer(tiny_cfg(tiny_data, run, quant__qat_steps=2), progress=False)
-    trainer.fit()
-    return trainer, trainer.test_report()
 
 
 def test_run_writes_log_checkpoints_and_metrics(finished_run):
@@ -123,16 +110,18 @@ def test_init_from_checkpoint(finished_run, tiny_data, tmp_path):
 
 
 TWO_DEVICES = textwrap.dedent("""
-    import jax, numpy as np
+    import jax, numpy as np, optax
     from jax.sharding import Mesh
-    from conftest import tiny_overrides
+    from conftest import tiny_cfg
     from jaxdepth.config import load_config
     from jaxdepth.encodings import get_encoding
     from jaxdepth.models import build_model
-    from jaxdepth.train_lib import init_state, make_optimizer, make_train_step, replicate, shard_batch
+    from jaxdepth.train_lib import init_state, make_train_step, replicate, shard_batch
     assert jax.device_count() == 2
     cfg = load_config(None, tiny_overrides("unused", "unused", data__lidar_drop=0.0))
-    model, opt = build_model(cfg.model), make_optimizer(cfg)
+    # Plain SGD: its update is linear in the gradient, so the comparison is not dominated
+    # by Adam's first step, which turns any tiny gradient into a full +-lr update.
+    model, opt = build_model(cfg.model), optax.sgd(0.01)
     rng = np.random.default_rng(0)
     batch = {"rgb": rng.random((2, 32, 64, 3), np.float32),
              "depth": rng.uniform(0.6, 14, (2, 32, 64)).astype(np.float32),
@@ -148,7 +137,7 @@ TWO_DEVICES = textwrap.dedent("""
     (l1, t1), (l2, t2) = out
     assert abs(l1 - l2) < 1e-5 * abs(l1), (l1, l2)
     for a, b in zip(jax.tree.leaves(t1), jax.tree.leaves(t2)):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     print("ok", l1, l2)
 """)
 
@@ -158,5 +147,5 @@ def test_two_device_step_equals_one_device_step():
            "PYTHONPATH": str(ROOT / "tests")}
     proc = subprocess.run([sys.executable, "-c", TWO_DEVICES], env=env, capture_output=True,
                           text=True, timeout=600, cwd=ROOT / "tests")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-6000:]
     assert proc.stdout.startswith("ok")

@@ -23,11 +23,11 @@ from typing import Any, Callable, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from jaxdepth.data.folder import write_depth_png, write_rgb_png
+from jaxdepth.data.folder import DataError, write_depth_png, write_rgb_png
 
 HFOV_DEG = 90.0
 DEFAULT_COUNTS = {"train": 800, "val": 48, "test": 96, "calib": 64}
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _EPS = 1e-6
 _SHADOW_OFFSET = 1e-3
@@ -594,14 +594,16 @@ def _scan_pixels(
 def _lidar_pattern(rng: np.random.Generator, camera: _Camera) -> tuple[np.ndarray, np.ndarray]:
     """Pixel rows/cols hit by a spinning scanner mounted level at the camera.
 
-    Beams sit at fixed elevations, denser near the horizon, so their image traces are
+    Beams sit at fixed elevations spanning the camera's vertical field of view (a
+    near-field scanner, so the whole image gets returns), denser towards the bottom
+    where the ground is near, so their image traces are
     curves with uneven spacing; each beam fires with its own azimuth phase, as the
     lasers of a real head do. The azimuth step is tuned (a guess, then one correction
     for beams sharing pixels) to 3.5-5 % pixel coverage after 10-30 % dropout,
     whatever the image size.
     """
     beams = rng.integers(32, 65)
-    upper, lower = np.radians(rng.uniform(2.0, 4.0)), np.radians(rng.uniform(-26.0, -22.0))
+    upper, lower = np.radians(rng.uniform(16.0, 20.0)), np.radians(rng.uniform(-26.0, -22.0))
     elevation = upper + (lower - upper) * np.linspace(0.0, 1.0, beams) ** 1.4
     phase = rng.random(beams)
     dropout, density = rng.uniform(0.1, 0.3), rng.uniform(0.035, 0.05)
@@ -692,8 +694,21 @@ def generate_dataset(
 
 
 def ensure_dataset(root: str | Path, **kwargs: Any) -> Path:
-    """Generate the dataset unless a finished one (meta.json is written last) is there."""
+    """Generate the dataset unless a finished one (meta.json is written last) is there.
+
+    An existing data set rendered with other parameters is an error, not silently reused.
+    """
     root = Path(root)
-    if (root / "meta.json").is_file():
-        return root
-    return generate_dataset(root, **kwargs)
+    meta_path = root / "meta.json"
+    if not meta_path.is_file():
+        return generate_dataset(root, **kwargs)
+    meta = json.loads(meta_path.read_text())
+    wanted = {"format_version": FORMAT_VERSION, **{k: v for k, v in kwargs.items() if k in meta}}
+    if "counts" in wanted and wanted["counts"] is None:
+        wanted.pop("counts")
+    differ = {k: (meta[k], v) for k, v in wanted.items() if meta[k] != v}
+    if differ:
+        detail = ", ".join(f"{k}: {a!r} on disk, {b!r} asked" for k, (a, b) in differ.items())
+        raise DataError(f"{meta_path}: the data set there was rendered with other parameters "
+                        f"({detail}); delete the folder or choose another data.root")
+    return root

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdepth.export import graph as g
+from jaxdepth.export import params as export_params
 from jaxdepth.quant import numerics as qn
 from jaxdepth.quant.aqt_conv import int8_conv
 
@@ -102,7 +103,7 @@ class Observer(nn.Module):
             if int(count.value) == 0:
                 raise ValueError(f"activation range of {g.node_name(self)} was never calibrated: "
                                  "export needs a QAT or calibrated checkpoint")
-            return qn.activation_qparams(lo.value, hi.value, self.quant.scheme.activation)
+            return export_params.activation_qparams(lo.value, hi.value, self.quant.scheme.activation)
         if self.is_initializing() or not update:
             pass
         elif self.quant.mode == "calibrate":
@@ -154,7 +155,8 @@ class Conv(nn.Module):
             bias = self.param("bias", nn.initializers.zeros, (self.features,))
             gamma = beta = mean = var = None
         if self.quant.export:
-            return self._export(x, *self._folded(k, gamma, beta, mean, var, bias))
+            stats = (mean.value, var.value) if self.bn else (None, None)
+            return self._export(x, k, gamma, beta, *stats, bias)
         if self.quant.fake:
             k_eff, b_eff = self._folded(k, gamma, beta, mean, var, bias)
             w_scale = qn.weight_scale(k_eff, self.quant.scheme.per_channel_weights)
@@ -180,18 +182,15 @@ class Conv(nn.Module):
         inv = gamma * jax.lax.rsqrt(var.value + BN_EPS)
         return k * inv, beta - mean.value * inv
 
-    def _export(self, x: g.SymTensor, k_eff: jax.Array, b_eff: jax.Array) -> g.SymTensor:
-        w_scale = qn.weight_scale(k_eff, self.quant.scheme.per_channel_weights)
-        acc_scale = x.scale * w_scale
+    def _export(self, x: g.SymTensor, k, gamma, beta, mean, var, bias) -> g.SymTensor:
+        """The conv node; BN folding and weight quantization as in ``fake`` mode, computed
+        by ``export.params`` (numpy and a few jitted functions, not eager JAX)."""
+        k_eff, b_eff, int_params, acc_scale = export_params.conv(
+            k, gamma, beta, mean, var, bias, x.scale, self.quant.scheme.per_channel_weights)
         out_scale, out_zp = Observer(self.quant, name="out")(None, update=False)
         n, h, w, _ = x.shape
         out_shape = (n, -(-h // self.stride), -(-w // self.stride), self.features)
-        int_params = {
-            "weight": qn.quantize(k_eff, w_scale, 0.0, qn.WEIGHT_INT8).astype(jnp.int8),
-            "bias": qn.round_half_away(b_eff / acc_scale).astype(jnp.int32),
-            "weight_scale": w_scale,
-            **_rescale_params(np.asarray(acc_scale, np.float64) / _f(out_scale), ""),
-        }
+        int_params.update(_rescale_params(np.asarray(acc_scale, np.float64) / _f(out_scale), ""))
         return g.current().add(
             "conv", g.node_name(self), [x], out_shape, _f(out_scale), _f(out_zp),
             self.quant.scheme.activation,
@@ -263,17 +262,17 @@ class Fusion(nn.Module):
         c = shape(rgb)[-1]
         w = self.param("gate", nn.initializers.constant(0.5), (c,))
         b = self.param("bias", nn.initializers.zeros, (c,))
-        g_rgb, g_sparse = jax.nn.sigmoid(w), 1.0 - jax.nn.sigmoid(w)
-        update = train or self.quant.mode == "calibrate"
         obs = Observer(self.quant, name="out")
         if self.quant.export:
             scale, zp = obs(None, update=False)
-            gates = [(g_rgb, qn.weight_scale(g_rgb, False)), (g_sparse, qn.weight_scale(g_sparse, False))]
-            coeffs = [qn.quantize(gv, gs, 0.0, qn.WEIGHT_INT8).astype(jnp.int8) for gv, gs in gates]
+            gates, bias_codes = export_params.fusion_gates(w, b, _f(scale))
+            (g_rgb, s_rgb, c_rgb), (g_sparse, s_sparse, c_sparse) = gates
             return _export_sum(self, "fusion", [rgb, sparse], _f(scale), _f(zp), FUSION_LEFT_SHIFT,
-                               {}, coeffs=coeffs, coeff_scales=[gs for _, gs in gates],
-                               bias=b, float_params={"gate_rgb": g_rgb, "gate_sparse": g_sparse,
-                                                     "bias": b})
+                               {}, coeffs=[c_rgb, c_sparse], coeff_scales=[s_rgb, s_sparse],
+                               bias_codes=bias_codes,
+                               float_params={"gate_rgb": g_rgb, "gate_sparse": g_sparse, "bias": b})
+        g_rgb, g_sparse = jax.nn.sigmoid(w), 1.0 - jax.nn.sigmoid(w)
+        update = train or self.quant.mode == "calibrate"
         if not self.quant.fake:
             y = g_rgb * rgb + g_sparse * sparse + b
             return obs(y, update=update)
@@ -289,14 +288,14 @@ class Fusion(nn.Module):
 
 def _export_sum(module: nn.Module, op: str, xs: list[g.SymTensor], scale: float, zp: float,
                 left_shift: int, attrs: dict, coeffs: list | None = None,
-                coeff_scales: list | None = None, bias=None, float_params: dict | None = None
-                ) -> g.SymTensor:
+                coeff_scales: list | None = None, bias_codes: np.ndarray | None = None,
+                float_params: dict | None = None) -> g.SymTensor:
     """Node of a sum of requantized inputs (optionally times per-channel int8 coefficients).
 
     Integer semantics (TFLite ADD): each input's ``(code - zero_point) [* coeff]`` is
     shifted left by ``left_shift``, rescaled by its multiplier to a common scale
     ``2 * max(term scales) / 2**left_shift``, summed, rescaled by the output multiplier,
-    plus ``bias`` codes and the output zero point, then clamped (at the zero point for ReLU).
+    plus ``bias_codes`` and the output zero point, then clamped (at the zero point for ReLU).
     """
     term_scales = [np.float64(x.scale) * (np.asarray(cs, np.float64) if coeff_scales else 1.0)
                    for x, cs in zip(xs, coeff_scales or [None] * len(xs))]
@@ -306,9 +305,10 @@ def _export_sum(module: nn.Module, op: str, xs: list[g.SymTensor], scale: float,
         params.update(_rescale_params(t / twice_max, f"input{i}_"))
         if coeffs:
             params[f"coeff{i}"] = np.asarray(coeffs[i])
+            params[f"coeff{i}_scale"] = np.asarray(coeff_scales[i])
     params.update(_rescale_params(np.float64(twice_max / (2 ** left_shift * scale)), "output_"))
-    if bias is not None:
-        params["bias"] = np.asarray(qn.round_half_away(bias / scale), np.int32)
+    if bias_codes is not None:
+        params["bias"] = np.asarray(bias_codes, np.int32)
     return g.current().add(op, g.node_name(module), xs, xs[0].shape, scale, zp,
                            module.quant.scheme.activation,
                            attrs={**attrs, "left_shift": left_shift},
@@ -372,10 +372,8 @@ class Head(nn.Module):
     def _export(self, logits: g.SymTensor) -> g.SymTensor:
         """A 256-entry table: uint8 output code for every logit code (same functions as fake)."""
         fmt = logits.fmt
-        codes = jnp.arange(fmt.qmin, fmt.qmax + 1, dtype=jnp.float32)
-        s = jax.nn.sigmoid((codes - logits.zero_point) * jnp.float32(logits.scale))
+        lut = export_params.sigmoid_table(fmt, logits.zero_point, logits.scale)
         scale, zp = qn.fixed_qparams(0.0, 1.0, qn.UINT8)
-        lut = qn.quantize(s, scale, zp, qn.UINT8).astype(jnp.uint8)
         graph = g.current()
         out = graph.add("sigmoid", g.node_name(self), [logits], logits.shape, _f(scale), _f(zp),
                         qn.UINT8, attrs={"input_qmin": fmt.qmin}, int_params={"table": lut})

@@ -1,0 +1,38 @@
+"""QAT step time over FP32 step time at the default config.
+
+Prints a readable table and one JSON line. Usage:
+    python bench/qat.py [--config configs/default.yaml] [--steps 5] [--set k=v ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from common import machine, time_steps
+
+from jaxdepth.cli import setup_jax
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    setup_jax()
+    from jaxdepth.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    fp32 = time_steps(cfg, args.steps, qat=False)
+    qat = time_steps(cfg, args.steps, qat=True)
+    ratio = qat["step_s"] / fp32["step_s"]
+    print(f"{'phase':<8}{'step s':>9}{'img/s':>8}{'1st step s':>12}")
+    for name, r in (("fp32", fp32), ("qat", qat)):
+        print(f"{name:<8}{r['step_s']:>9.3f}{r['images_per_s']:>8.2f}{r['first_step_s']:>12.1f}")
+    print(f"QAT / FP32 step time: {ratio:.3f}")
+    print(json.dumps({"bench": "qat", "machine": machine(), "preset": cfg.quant.preset,
+                      "fp32": fp32, "qat": qat, "ratio": round(ratio, 3)}))
+
+
+if __name__ == "__main__":
+    main()

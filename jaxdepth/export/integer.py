@@ -1,0 +1,202 @@
+"""The integer-only forward of an exported graph: what the NPU computes, code for code.
+
+Activations between layers are stored in their format's integer type (uint8 or int8);
+ops widen to int32 only inside (int8 x int8 products accumulated in int32, fixed-point
+rescaling by ``numerics.requantize``, one rounding half away from zero). The two input
+nodes are the only float operations: they normalise the image, encode the LiDAR and
+quantize both, with the fake-quant forward's expressions (``quantize_inputs``).
+Everything after them (``run_codes``) is integer; tests/test_export.py checks the jaxpr.
+
+The graph's structure (ops, attributes, formats) is static; weights, multipliers and
+zero points are arguments, so every calibration of one architecture shares one XLA
+compilation (in memory and in the persistent compilation cache).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdepth.export.graph import Graph
+from jaxdepth.models.layers import encode_sparse
+from jaxdepth.quant import numerics as qn
+
+Codes = dict[str, jax.Array]
+Params = dict[str, dict[str, Any]]
+_STORAGE = {"uint8": jnp.uint8, "int8": jnp.int8}
+
+
+def storage_dtype(fmt: qn.Format) -> np.dtype:
+    """The integer type that holds a format's codes."""
+    return np.dtype(_STORAGE[fmt.name])
+
+
+@dataclass(frozen=True)
+class Step:
+    op: str
+    name: str
+    inputs: tuple[str, ...]
+    attrs: tuple[tuple[str, Any], ...]
+    fmt: qn.Format                  # output format
+
+    def attr(self, key: str, default: Any = None) -> Any:
+        return dict(self.attrs).get(key, default)
+
+
+@dataclass(frozen=True)
+class Program:
+    """The static part of a graph: its steps in order, input scales, and the output."""
+
+    steps: tuple[Step, ...]
+    input_scales: tuple[tuple[str, float], ...]
+    output: str
+
+    @classmethod
+    def of(cls, graph: Graph) -> "Program":
+        if len(graph.outputs) != 1:
+            raise ValueError(f"expected one head output, the graph has {graph.outputs}")
+        steps = tuple(Step(n.op, n.output, tuple(n.inputs), tuple(sorted(n.attrs.items())),
+                           graph.tensors[n.output].fmt) for n in graph.nodes)
+        scales = tuple((name, graph.tensors[name].scale) for name in graph.inputs)
+        return cls(steps, scales, graph.outputs[0])
+
+
+def integer_params(graph: Graph) -> Params:
+    """The arrays the integer forward reads: each node's integer parameters (the float
+    scales stored beside them are metadata for other toolchains) and every tensor's zero
+    point."""
+    nodes = {n.name: {k: v for k, v in n.int_params.items() if v.dtype.kind in "iu"}
+             for n in graph.nodes if n.int_params}
+    zero_points = {name: np.int32(t.zero_point) for name, t in graph.tensors.items()}
+    return {"nodes": nodes, "zero_points": zero_points}
+
+
+def _store(x: jax.Array, fmt: qn.Format, lower: jax.Array | int | None = None) -> jax.Array:
+    """int32 codes -> the format's storage type, saturating at its range."""
+    return jnp.clip(x, fmt.qmin if lower is None else lower, fmt.qmax).astype(_STORAGE[fmt.name])
+
+
+def _conv(step: Step, p: dict, x: jax.Array, x_fmt: qn.Format, x_zp, out_zp) -> jax.Array:
+    """sum((x - zp) * w) + bias, requantized. Zero-point folding keeps the products int8:
+    with x8 = x - 128 (uint8 codes) the sum is conv(x8, w) + (128 - zp) * sum(w), and
+    padding x8 with zp - 128 is padding x with its zero point (a real 0)."""
+    offset = 128 if x_fmt.name == "uint8" else 0
+    pad, s = step.attr("padding"), step.attr("stride")
+    x8 = (x.astype(jnp.int32) - offset).astype(jnp.int8)
+    x8 = jax.lax.pad(x8, (x_zp - offset).astype(jnp.int8), ((0, 0, 0), (pad, pad, 0), (pad, pad, 0), (0, 0, 0)))
+    acc = jax.lax.conv_general_dilated(x8, p["weight"], (s, s), "VALID",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                       preferred_element_type=jnp.int32)
+    w_sum = jnp.sum(p["weight"].astype(jnp.int32), axis=(0, 1, 2))
+    acc = acc + (offset - x_zp) * w_sum + p["bias"]
+    y = qn.requantize(acc, p["multiplier"], p["shift"]) + out_zp
+    return _store(y, step.fmt, out_zp if step.attr("relu") else None)
+
+
+def _sum(step: Step, p: dict, xs: list[jax.Array], zps: list, out_zp) -> jax.Array:
+    """add / fusion: inputs (times int8 coefficients) shifted left, rescaled to a common
+    scale, summed, rescaled to the output, plus bias codes and the zero point."""
+    total = jnp.int32(0)
+    for i, (x, zp) in enumerate(zip(xs, zps)):
+        term = x.astype(jnp.int32) - zp
+        if f"coeff{i}" in p:
+            term = term * p[f"coeff{i}"].astype(jnp.int32)
+        total = total + qn.requantize(jnp.left_shift(term, step.attr("left_shift")),
+                                      p[f"input{i}_multiplier"], p[f"input{i}_shift"])
+    y = qn.requantize(total, p["output_multiplier"], p["output_shift"]) + out_zp
+    if "bias" in p:
+        y = y + p["bias"]
+    return _store(y, step.fmt, out_zp if step.attr("relu") else None)
+
+
+def _concat(step: Step, p: dict, xs: list[jax.Array], zps: list, out_zp) -> jax.Array:
+    parts = [_store(qn.requantize(x.astype(jnp.int32) - zp, p[f"input{i}_multiplier"],
+                                  p[f"input{i}_shift"]) + out_zp, step.fmt)
+             for i, (x, zp) in enumerate(zip(xs, zps))]
+    return jnp.concatenate(parts, axis=-1)
+
+
+def _max_pool(step: Step, x: jax.Array) -> jax.Array:
+    """Max over windows; the padding holds qmin, which never wins (a -inf)."""
+    w, s, pad = step.attr("window"), step.attr("stride"), step.attr("padding")
+    return jax.lax.reduce_window(x, np.array(step.fmt.qmin, x.dtype), jax.lax.max, (1, w, w, 1),
+                                 (1, s, s, 1), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+
+def _apply(step: Step, p: dict, xs: list[jax.Array], in_fmts: list[qn.Format], zps: list,
+           out_zp) -> jax.Array:
+    op = step.op
+    if op == "conv":
+        return _conv(step, p, xs[0], in_fmts[0], zps[0], out_zp)
+    if op in ("add", "fusion"):
+        return _sum(step, p, xs, zps, out_zp)
+    if op == "concat":
+        return _concat(step, p, xs, zps, out_zp)
+    if op == "max_pool":
+        return _max_pool(step, xs[0])
+    if op == "upsample":
+        f = step.attr("factor")
+        return jnp.repeat(jnp.repeat(xs[0], f, axis=1), f, axis=2)
+    if op == "split":
+        c = step.attr("channel")
+        return xs[0][..., c:c + 1]
+    if op == "sigmoid":
+        return jnp.take(p["table"], xs[0].astype(jnp.int32) - step.attr("input_qmin"), axis=0)
+    raise ValueError(f"integer forward: unsupported op {op!r} ({step.name})")
+
+
+def quantize_inputs(program: Program, zero_points: dict, rgb: jax.Array,
+                    lidar: jax.Array | None) -> Codes:
+    """The float prologue: (B, H, W, 3) image in [0, 1] and (B, H, W) LiDAR metres (0 = no
+    return) to input codes, with the fake-quant forward's expressions."""
+    scales = dict(program.input_scales)
+    codes = {}
+    for step in program.steps:
+        if step.op == "input_rgb":
+            x = (rgb - step.attr("mean")) / step.attr("std")
+        elif step.op == "input_sparse":
+            x = encode_sparse(lidar, step.attr("min_depth"))
+        else:
+            continue
+        zp = zero_points[step.name].astype(jnp.float32)
+        codes[step.name] = qn.quantize(x, scales[step.name], zp, step.fmt).astype(_STORAGE[step.fmt.name])
+    return codes
+
+
+def run_codes(program: Program, params: Params, inputs: Codes) -> Codes:
+    """Integer codes of every tensor, from the input codes (integer operations only)."""
+    codes, fmts = dict(inputs), {s.name: s.fmt for s in program.steps}
+    zps = params["zero_points"]
+    for step in program.steps:
+        if step.op.startswith("input"):
+            continue
+        codes[step.name] = _apply(step, params["nodes"].get(step.name, {}),
+                                  [codes[i] for i in step.inputs], [fmts[i] for i in step.inputs],
+                                  [zps[i] for i in step.inputs], zps[step.name])
+    return codes
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _run(program: Program, every: bool, params: Params, rgb: jax.Array,
+         lidar: jax.Array | None):
+    codes = run_codes(program, params, quantize_inputs(program, params["zero_points"], rgb, lidar))
+    return codes if every else codes[program.output]
+
+
+def make_integer_forward(graph: Graph) -> Callable[[Params, jax.Array, jax.Array | None], jax.Array]:
+    """Jitted ``(params, rgb, lidar) -> head codes`` uint8 (B, H, W, C), any batch size.
+
+    ``params`` is ``integer_params(graph)``; a monocular graph ignores ``lidar``.
+    Depth in metres is ``encoding.decode(codes / 255)``.
+    """
+    return functools.partial(_run, Program.of(graph), False)
+
+
+def make_intermediates(graph: Graph) -> Callable[[Params, jax.Array, jax.Array | None], Codes]:
+    """Jitted ``(params, rgb, lidar) -> {tensor name: codes}``: every layer's output, to
+    find where two implementations start to disagree."""
+    return functools.partial(_run, Program.of(graph), True)
