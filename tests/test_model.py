@@ -75,9 +75,9 @@ def test_fusion_init_and_monocular_equals_rgb_path(tiny_model):
     fuse = variables["params"]["fuse0"]
     assert float(fuse["gate"][0]) == 0.5 and float(fuse["bias"][0]) == 0.0
     rgb = jax.random.uniform(jax.random.PRNGKey(1), (1, 32, 64, 3))
-    mono = model.apply(variables, rgb, None)[0]
-    empty_lidar_dropped = model.apply(variables, rgb, jnp.zeros((1, 32, 64)),
-                                      has_lidar=jnp.array([False]))[0]
+    mono = jax.jit(lambda v, r: model.apply(v, r, None)[0])(variables, rgb)
+    empty_lidar_dropped = jax.jit(lambda v, r, l, h: model.apply(v, r, l, has_lidar=h)[0])(
+        variables, rgb, jnp.zeros((1, 32, 64)), jnp.array([False]))
     assert jnp.allclose(mono, empty_lidar_dropped)
     assert float(mono.min()) >= 0.0 and float(mono.max()) <= 1.0
 

@@ -53,11 +53,10 @@ class Interrupt(Exception):
     pass
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
-    straight = Trainer(tiny_cfg(tiny_data, tmp_path / "a"), progress=False)
-    straight.fit()
-
-    cfg = tiny_cfg(tiny_data, tmp_path / "b")
+def test_resume_after_interruption_matches_uninterrupted_run(finished_run, tiny_data, tmp_path,
+                                                             monkeypatch):
+    straight, _ = finished_run
+    cfg = tiny_cfg(tiny_data, tmp_path / "b", quant__qat_steps=2)
     first = Trainer(cfg, progress=False)
     real_step = first._train_step(False)
     calls = {"n": 0}
@@ -74,12 +73,13 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_data, tmp_path
     resumed = Trainer(cfg, progress=False)
     assert int(resumed.state.step) == 2
     resumed.fit()
-    for a, b in zip(jax.tree.leaves(straight.state.params), jax.tree.leaves(resumed.state.params)):
+    assert int(resumed.state.step) == 6
+    for a, b in zip(jax.tree.leaves(straight.state.variables), jax.tree.leaves(resumed.state.variables)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
-    trainer = Trainer(tiny_cfg(tiny_data, tmp_path / "n"), progress=False)
+    trainer = Trainer(tiny_cfg(tiny_data, tmp_path / "n", quant__qat_steps=2), progress=False)
     import jaxdepth.trainer as trainer_mod
 
     real_shard = trainer_mod.shard_batch
@@ -112,7 +112,7 @@ def test_init_from_checkpoint(finished_run, tiny_data, tmp_path):
 TWO_DEVICES = textwrap.dedent("""
     import jax, numpy as np, optax
     from jax.sharding import Mesh
-    from conftest import tiny_cfg
+    from conftest import tiny_overrides
     from jaxdepth.config import load_config
     from jaxdepth.encodings import get_encoding
     from jaxdepth.models import build_model
