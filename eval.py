@@ -1,8 +1,9 @@
 """Evaluate a checkpoint: ``python eval.py CHECKPOINT [--split test]``.
 
 CHECKPOINT is a run folder (its best checkpoint), a ``checkpoints/<name>`` folder (its
-latest) or a step folder. A checkpoint with calibrated or QAT ranges is evaluated in FP32
-and in fake-quant INT8.
+latest) or a step folder. A checkpoint with calibrated or QAT ranges is evaluated in FP32,
+in fake-quant INT8 and in integer INT8 (the exported graph, as the NPU computes it), with
+the integer/fake-quant code agreement and the integer depth's deviation from FP32 in mm.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     from jaxdepth.config import ConfigError, config_from_dict
     from jaxdepth.data import DataError
     from jaxdepth.evaluate import Evaluator, format_table
+    from jaxdepth.export.compare import compare, format_comparison
+    from jaxdepth.export.exporter import ExportError
 
     try:
         state, meta, step_dir = checkpoint.load(args.checkpoint)
@@ -35,16 +38,31 @@ def main(argv: list[str] | None = None) -> int:
         split = args.split or cfg.eval.split
         variables = {k: state[k] for k in ("params", "batch_stats", "quant")}
         int8 = checkpoint.has_ranges(variables)
-        rows = Evaluator(cfg).report(variables, split, int8=int8)
+        evaluator = Evaluator(cfg)
+        rows = evaluator.report(variables, split, int8=int8)
+        integer, not_exported = None, None
+        if int8:
+            try:
+                integer = compare(evaluator, variables, split)
+                rows["int8 integer"] = integer["metrics"]["int8 integer"]
+            except ExportError as e:
+                not_exported = str(e)
     except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"checkpoint {step_dir} (phase {meta.get('phase')}), split '{split}':")
     print(format_table(rows))
+    if integer:
+        print(format_comparison(integer))
+    if not_exported:
+        print(f"integer INT8: not exportable: {not_exported}")
     out = Path(args.json) if args.json else step_dir.parents[1].parent / "eval" / \
         f"{step_dir.parent.name}_{step_dir.name}_{split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"checkpoint": str(step_dir), "split": split, "results": rows}, indent=2))
+    record = {"checkpoint": str(step_dir), "split": split, "results": rows}
+    if integer:
+        record["integer"] = {k: integer[k] for k in ("agreement", "deviation_mm")}
+    out.write_text(json.dumps(record, indent=2))
     print(f"metrics written to {out}")
     return 0
 

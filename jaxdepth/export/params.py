@@ -1,19 +1,16 @@
 """Export-time parameter math: integer weights, biases and scales of the exported nodes.
 
 Why this module: run op by op in JAX (the blocks' ``export`` branches are eager), every
-primitive compiles once per new shape, about 350 XLA compilations (~30 s) for a small
-model. Here the kernel-sized math is numpy and the per-channel math is a few jitted
-functions on vectors edge-padded to one length (elementwise math and max are unchanged
-by repeating an element), so an export compiles about five small functions.
+primitive compiles once per new shape: about 350 XLA compilations, ~30 s for a small
+model. Here each kind of node runs one jitted function on arrays padded to a few bucket
+shapes (kernels as (rows, channels) zero-padded rows, per-channel vectors edge-padded:
+neither changes an elementwise result or a max), so an export compiles a handful.
 
-Which side computes what follows the fake-quant forward, which runs under ``jax.jit``:
-
-* Kernel-sized steps (``k * inv``, ``|k|`` max, ``k / scale``, round half away, clip) are
-  single IEEE float32 operations that XLA neither fuses nor rewrites, so numpy gives the
-  same bits.
-* Per-channel and scalar steps (``rsqrt``, ``sigmoid``, ``beta - mean * inv``, ``/ 127``)
-  are where XLA contracts multiply-adds into FMAs and turns division by a constant into a
-  multiplication: they are jitted here too, through the functions of ``quant.numerics``.
+The math must be jitted, not numpy: the fake-quant forward runs under ``jax.jit``, where
+XLA turns ``x / broadcast(scale)`` into ``x * (1 / scale)`` and contracts multiply-adds
+into FMAs. A weight that numpy rounds from exactly 63.5 is 63.499996 there: one weight
+code apart, and the integer graph no longer is the fake-quant graph. The same
+expressions (``quant.numerics``), with the same broadcasts, jitted, give the same bits.
 """
 from __future__ import annotations
 
@@ -26,24 +23,17 @@ import numpy as np
 from jaxdepth.quant import numerics as qn
 
 BN_EPS = 1e-5   # layers.BN_EPS (not imported: layers imports this module)
+_MIN_BUCKET = 512
 
 
 def _bucket(n: int) -> int:
-    """The padded length of a per-channel vector: one compilation for all channel counts."""
-    return max(512, 1 << (n - 1).bit_length())
+    """Padded length: a power of two, at least 512 (one compilation for most sizes)."""
+    return max(_MIN_BUCKET, 1 << (n - 1).bit_length())
 
 
-def _padded(fn, n: int, *args):
-    """``fn`` on its 1-D arguments edge-padded to ``_bucket(n)``; 1-D results cut to ``n``."""
-    size = _bucket(n)
-    args = [np.pad(a, (0, size - n), mode="edge") if np.ndim(a) == 1 else a
-            for a in (np.asarray(a, np.float32) for a in args)]
-    return jax.tree.map(lambda r: np.asarray(r)[:n] if np.ndim(r) == 1 else np.asarray(r), fn(*args))
-
-
-def _round_half_away(x: np.ndarray) -> np.ndarray:
-    """``numerics.round_half_away`` in numpy, the same float32 operations."""
-    return np.sign(x) * np.floor(np.abs(x) + np.float32(0.5))
+def _pad_vector(v, size: int) -> np.ndarray:
+    v = np.asarray(v, np.float32)
+    return np.pad(v, (0, size - len(v)), mode="edge") if v.ndim == 1 else v
 
 
 @jax.jit
@@ -54,11 +44,14 @@ def _bn_fold_vectors(gamma, beta, mean, var):
 
 
 @functools.partial(jax.jit, static_argnames="per_channel")
-def _scales_and_bias(absmax, b_eff, x_scale, per_channel: bool):
-    """Weight scale (from the kernel's |max|), accumulator scale and int32 bias codes."""
-    w_scale = qn.weight_scale(absmax[None] if per_channel else absmax, per_channel)
+def _conv_math(k2d, inv, b_eff, x_scale, per_channel: bool):
+    """Folded kernel, weight scale, int8 weights, accumulator scale, int32 bias codes:
+    the ``fake`` conv's expressions on a (kh * kw * cin, cout) kernel."""
+    k_eff = k2d * inv
+    w_scale = qn.weight_scale(k_eff, per_channel)
+    weight = qn.quantize(k_eff, w_scale, 0.0, qn.WEIGHT_INT8).astype(jnp.int8)
     acc_scale = x_scale * w_scale
-    return w_scale, acc_scale, qn.round_half_away(b_eff / acc_scale).astype(jnp.int32)
+    return k_eff, w_scale, weight, acc_scale, qn.round_half_away(b_eff / acc_scale).astype(jnp.int32)
 
 
 def conv(k, gamma, beta, mean, var, bias, x_scale: float, per_channel: bool
@@ -68,19 +61,22 @@ def conv(k, gamma, beta, mean, var, bias, x_scale: float, per_channel: bool
     ``gamma`` .. ``var`` are None for a conv without BatchNorm (then ``bias`` is used).
     """
     k = np.asarray(k, np.float32)
+    rows, c = int(np.prod(k.shape[:-1])), k.shape[-1]
+    cols = _bucket(c)
     if gamma is None:
-        k_eff, b_eff = k, np.asarray(bias, np.float32)
+        inv, b_eff = np.ones(cols, np.float32), _pad_vector(bias, cols)
     else:
-        inv, b_eff = _padded(_bn_fold_vectors, k.shape[-1], gamma, beta, mean, var)
-        k_eff = k * inv
-    absmax = np.max(np.abs(k_eff), axis=(0, 1, 2) if per_channel else None)
-    w_scale, acc_scale, bias_codes = _padded(
-        functools.partial(_scales_and_bias, per_channel=per_channel), k.shape[-1],
-        absmax, b_eff, np.float32(x_scale))
-    q = qn.WEIGHT_INT8
-    weight = np.clip(_round_half_away(k_eff / w_scale) + np.float32(0.0), q.qmin, q.qmax)
-    params = {"weight": weight.astype(np.int8), "bias": bias_codes, "weight_scale": w_scale}
-    return k_eff, b_eff, params, acc_scale
+        inv, b_eff = (np.asarray(a) for a in _bn_fold_vectors(
+            *(_pad_vector(a, cols) for a in (gamma, beta, mean, var))))
+    k2d = np.pad(k.reshape(rows, c), ((0, _bucket(rows) - rows), (0, 0)))
+    k2d = np.pad(k2d, ((0, 0), (0, cols - c)), mode="edge")
+    k_eff, w_scale, weight, acc_scale, bias_codes = (np.asarray(a) for a in _conv_math(
+        k2d, inv, b_eff, np.float32(x_scale), per_channel=per_channel))
+    if per_channel:
+        w_scale, acc_scale = w_scale[:c], acc_scale[:c]
+    params = {"weight": weight[:rows, :c].reshape(k.shape), "bias": bias_codes[:c],
+              "weight_scale": w_scale}
+    return k_eff[:rows, :c].reshape(k.shape), b_eff[:c], params, acc_scale
 
 
 @jax.jit
@@ -88,7 +84,7 @@ def _gates(w, b, out_scale):
     """Fusion gates s(w), 1 - s(w) as int8 codes with their per-tensor scales, and the bias
     codes at the output scale (the expressions of ``layers.Fusion``)."""
     g_rgb = jax.nn.sigmoid(w)
-    g_sparse = 1.0 - g_rgb
+    g_sparse = 1.0 - jax.nn.sigmoid(w)
     out = []
     for gv in (g_rgb, g_sparse):
         scale = qn.weight_scale(gv, False)
@@ -98,8 +94,11 @@ def _gates(w, b, out_scale):
 
 def fusion_gates(w, b, out_scale: float) -> tuple[list[tuple[np.ndarray, ...]], np.ndarray]:
     """[(gate, scale, int8 codes) for rgb, sparse] and the int32 bias codes."""
-    gates, bias = _padded(_gates, len(w), w, b, np.float32(out_scale))
-    return [tuple(g) for g in gates], bias
+    c = len(w)
+    size = _bucket(c)
+    gates, bias = _gates(_pad_vector(w, size), _pad_vector(b, size), np.float32(out_scale))
+    cut = lambda a: np.asarray(a)[:c] if np.ndim(a) == 1 else np.asarray(a)
+    return [tuple(cut(a) for a in g) for g in gates], cut(bias)
 
 
 @functools.partial(jax.jit, static_argnums=2)

@@ -1,0 +1,97 @@
+"""Inference speed of FP32, fake-quant INT8 and integer INT8 (and of the ONNX models in
+onnxruntime), export time and artifact sizes, at the default config's resolution.
+
+Random weights with min-max ranges calibrated on random data: speed and size do not
+depend on the values. Prints a table and one JSON line. Usage:
+    python bench/integer.py [--config configs/default.yaml] [--runs 5] [--set k=v ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import machine
+
+from jaxdepth.cli import setup_jax
+
+
+def timed(fn, runs: int, batch: int) -> dict:
+    """First call (compilation included) and the median of ``runs`` calls."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    s = float(np.median(times))
+    return {"first_call_s": round(first, 2), "batch_s": round(s, 4), "images_per_s": round(batch / s, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    setup_jax()
+    import jax
+
+    from jaxdepth.config import load_config
+    from jaxdepth.export import artifact
+    from jaxdepth.export import onnx as xonnx
+    from jaxdepth.export.exporter import export_graph, used_parameter_count
+    from jaxdepth.export.integer import integer_params, make_integer_forward
+    from jaxdepth.models import build_model, quant_for
+    from jaxdepth.quant.calibrate import calibrate
+
+    cfg = load_config(args.config, args.overrides)
+    h, w, n = cfg.data.height, cfg.data.width, cfg.data.batch_size
+    rng = np.random.default_rng(0)
+    rgb = rng.random((n, h, w, 3), np.float32)
+    lidar = np.where(rng.random((n, h, w)) < 0.05, rng.uniform(0.5, 15.0, (n, h, w)), 0.0).astype(np.float32)
+    model = build_model(cfg.model)
+    variables = jax.jit(lambda k: model.init(k, rgb[:1], lidar[:1]))(jax.random.PRNGKey(0))
+    variables = {**variables, "quant": calibrate(model, variables, [{"rgb": rgb, "lidar": lidar}], True)}
+    t0 = time.perf_counter()
+    graph = export_graph(cfg, variables, h, w)
+    export_s = time.perf_counter() - t0
+
+    heads = {mode: jax.jit(lambda v, r, l, m=build_model(cfg.model, quant_for(cfg, mode)): m.apply(v, r, l)[0])
+             for mode in ("float", "fake")}
+    params, forward = integer_params(graph), make_integer_forward(graph)
+    fp32_onnx, qdq_onnx = xonnx.to_fp32(graph, cfg.model.encoding), xonnx.to_qdq(graph, cfg.model.encoding)
+    feeds = xonnx.feeds(graph, rgb, lidar)
+    sessions = {k: xonnx.session(m) for k, m in (("onnxruntime fp32", fp32_onnx), ("onnxruntime qdq", qdq_onnx))}
+    rows = {
+        "fp32": timed(lambda: heads["float"](variables, rgb, lidar).block_until_ready(), args.runs, n),
+        "int8 fake-quant": timed(lambda: heads["fake"](variables, rgb, lidar).block_until_ready(), args.runs, n),
+        "int8 integer": timed(lambda: forward(params, rgb, lidar).block_until_ready(), args.runs, n),
+        **{k: timed(lambda s=s: s.run(None, feeds), args.runs, n) for k, s in sessions.items()},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        sizes = artifact.save(graph, cfg, tmp, used_parameter_count(graph, variables))
+        for name, m in (("fp32_onnx_bytes", fp32_onnx), ("qdq_onnx_bytes", qdq_onnx)):
+            (Path(tmp) / name).write_bytes(m.SerializeToString())
+            sizes[name] = (Path(tmp) / name).stat().st_size
+
+    print(f"{cfg.model.encoder} + SAN at {h}x{w}, batch {n}, preset {cfg.quant.preset}; "
+          f"export {export_s:.1f} s ({len(graph.nodes)} layers)")
+    print(f"{'forward':<20}{'batch s':>9}{'img/s':>9}{'1st call s':>12}")
+    for name, r in rows.items():
+        print(f"{name:<20}{r['batch_s']:>9.3f}{r['images_per_s']:>9.2f}{r['first_call_s']:>12.1f}")
+    print(f"integer artifact {sizes['integer_bytes']:,} B = {sizes['ratio']:.3f} x FP32 parameters "
+          f"({sizes['fp32_bytes']:,} B); ONNX fp32 {sizes['fp32_onnx_bytes']:,} B, "
+          f"qdq {sizes['qdq_onnx_bytes']:,} B")
+    print(json.dumps({"bench": "integer", "machine": machine(), "height": h, "width": w, "batch": n,
+                      "preset": cfg.quant.preset, "export_s": round(export_s, 2), "results": rows,
+                      "sizes": sizes}))
+
+
+if __name__ == "__main__":
+    main()

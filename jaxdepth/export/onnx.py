@@ -1,0 +1,312 @@
+"""ONNX models of an exported graph: FP32 (NPU op set) and INT8 QDQ (jaxdepth's scales).
+
+Both are NCHW with a free batch dimension. Inputs:
+
+* ``rgb`` (N, 3, H, W) in [0, 1]; the normalisation (x - mean) / std is in the graph as a
+  Mul and an Add by (1, 3, 1, 1) constants.
+* ``sparse`` (N, 2, H, W): the LiDAR already encoded as [min_depth / d, valid mask]
+  (``encode_sparse``; 0 where there is no return). The encoding needs a division and a
+  comparison, outside the NPU op set, so it runs on the host (``sparse_input``).
+
+Outputs are named after the head channels (``depth_log``; ``int`` and ``frac`` for the
+integer/fraction encoding, split from the 2-channel head), each (N, 1, H, W). The FP32
+model outputs the sigmoid values in [0, 1]; the QDQ model outputs the uint8 head codes
+(value = code / 255), comparable code for code with ``integer.make_integer_forward``.
+
+The FP32 model uses only Conv (explicit symmetric pads), Relu, MaxPool, Add, Mul,
+Concat, Slice, Split, Resize (nearest, x2) and Sigmoid; no Reshape or Flatten.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from jaxdepth.export.artifact import head_names
+from jaxdepth.export.graph import Graph, Node
+from jaxdepth.export.integer import Program, integer_params, quantize_inputs
+from jaxdepth.models.layers import encode_sparse
+
+OPSET = 13
+NPU_OPS = frozenset({"Conv", "Relu", "MaxPool", "Add", "Mul", "Concat", "Slice", "Split",
+                     "Resize", "Sigmoid"})
+_ELEM = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8}
+
+
+class _Builder:
+    """Collects nodes, initializers and the graph inputs."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], outputs: list[str], name: str, **attrs) -> None:
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=name, **attrs))
+
+    def input(self, graph: Graph, name: str, elem: int) -> None:
+        _, h, w, c = graph.tensors[name].shape
+        self.inputs.append(helper.make_tensor_value_info(name, elem, ["N", c, h, w]))
+
+    def model(self, outputs: list[onnx.ValueInfoProto], name: str) -> onnx.ModelProto:
+        g = helper.make_graph(self.nodes, name, self.inputs, outputs, self.inits)
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name="jaxdepth")
+        onnx.checker.check_model(model)
+        return model
+
+
+def _channel(v: np.ndarray) -> np.ndarray:
+    """(C,) -> (1, C, 1, 1), the NPU's per-channel constant layout."""
+    return np.asarray(v).reshape(1, -1, 1, 1)
+
+
+def _oihw(w: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(w, (3, 2, 0, 1)))
+
+
+def _normalise(b: _Builder, node: Node, out: str) -> None:
+    """(x - mean) / std as x * (1 / std) + (-mean / std)."""
+    mean, std = node.attrs["mean"], node.attrs["std"]
+    scaled = f"{node.name}/scaled"
+    b.node("Mul", [node.name, b.const(f"{node.name}/inv_std", np.full((1, 3, 1, 1), 1.0 / std, np.float32))],
+           [scaled], f"{node.name}/mul")
+    b.node("Add", [scaled, b.const(f"{node.name}/offset", np.full((1, 3, 1, 1), -mean / std, np.float32))],
+           [out], f"{node.name}/add")
+
+
+def _structural(b: _Builder, node: Node, xs: list[str], out: str) -> bool:
+    """Emits the ops whose FP32 and QDQ forms are the same; False for the others."""
+    a, n = node.attrs, node.name
+    if node.op == "split":
+        c = a["channel"]
+        b.node("Slice", [xs[0], b.const(f"{n}/starts", np.array([c], np.int64)),
+                         b.const(f"{n}/ends", np.array([c + 1], np.int64)),
+                         b.const(f"{n}/axes", np.array([1], np.int64))], [out], n)
+    elif node.op == "max_pool":
+        p = a["padding"]
+        b.node("MaxPool", xs, [out], n, kernel_shape=[a["window"]] * 2, strides=[a["stride"]] * 2,
+               pads=[p] * 4)
+    elif node.op == "upsample":
+        f = float(a["factor"])
+        b.node("Resize", [xs[0], "", b.const(f"{n}/scales", np.array([1, 1, f, f], np.float32))], [out], n,
+               mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    elif node.op == "concat":
+        b.node("Concat", xs, [out], n, axis=1)
+    else:
+        return False
+    return True
+
+
+def _conv(b: _Builder, node: Node, x: str, w: str, bias: str, out: str) -> None:
+    a, n = node.attrs, node.name
+    y = f"{n}/conv" if a["relu"] else out
+    b.node("Conv", [x, w, bias], [y], n, kernel_shape=[a["kernel"]] * 2, strides=[a["stride"]] * 2,
+           pads=[a["padding"]] * 4)
+    if a["relu"]:
+        b.node("Relu", [y], [out], f"{n}/relu")
+
+
+def _add(b: _Builder, name: str, xs: list[str], out: str, relu: bool) -> str:
+    """Sum (+ ReLU) into ``out``; returns the tensor holding the result (the input itself
+    for a one-input sum, which in the integer graph is only a requantization)."""
+    if len(xs) == 1 and not relu:
+        return xs[0]
+    acc = xs[0]
+    for i, x in enumerate(xs[1:], 1):
+        y = out if i == len(xs) - 1 and not relu else f"{name}/sum{i}"
+        b.node("Add", [acc, x], [y], f"{name}/add{i}")
+        acc = y
+    if relu:
+        b.node("Relu", [acc], [out], f"{name}/relu")
+    return out
+
+
+def _fusion(b: _Builder, n: str, xs: list[str], gates: list[str], bias: str, out: str) -> None:
+    """gate_rgb * rgb + gate_sparse * sparse + bias, per channel."""
+    for i in range(2):
+        b.node("Mul", [xs[i], gates[i]], [f"{n}/mul{i}"], f"{n}/mul{i}")
+    b.node("Add", [f"{n}/mul0", f"{n}/mul1"], [f"{n}/mixed"], f"{n}/add")
+    b.node("Add", [f"{n}/mixed", bias], [out], f"{n}/add_bias")
+
+
+def output_names(graph: Graph, encoding: str) -> tuple[str, ...]:
+    return head_names(encoding, graph.tensors[graph.outputs[0]].shape[3])
+
+
+def _head_tensor(graph: Graph, encoding: str) -> str:
+    """Where the head's last op writes: a 1-channel head's output name itself."""
+    names = output_names(graph, encoding)
+    return names[0] if len(names) == 1 else graph.outputs[0]
+
+
+def _outputs(b: _Builder, graph: Graph, encoding: str, elem: int) -> list[onnx.ValueInfoProto]:
+    """Splits a multi-channel head into its named channels; the output declarations."""
+    names = output_names(graph, encoding)
+    if len(names) > 1:
+        head = graph.outputs[0]
+        b.node("Split", [head, b.const(f"{head}/split", np.ones(len(names), np.int64))], list(names),
+               f"{head}/split", axis=1)
+    h, w = graph.tensors[graph.outputs[0]].shape[1:3]
+    return [helper.make_tensor_value_info(nm, elem, ["N", 1, h, w]) for nm in names]
+
+
+def to_fp32(graph: Graph, encoding: str) -> onnx.ModelProto:
+    """The FP32 model from the graph's BN-folded float parameters."""
+    b = _Builder()
+    name = {t: t for t in graph.tensors}
+    head = _head_tensor(graph, encoding)
+    for node in graph.nodes:
+        n, fp = node.name, node.float_params
+        xs = [name[i] for i in node.inputs]
+        if node.op.startswith("input"):
+            b.input(graph, n, TensorProto.FLOAT)
+            if node.op == "input_rgb":
+                name[n] = f"{n}/normalised"
+                _normalise(b, node, name[n])
+        elif _structural(b, node, xs, n):
+            continue
+        elif node.op == "conv":
+            _conv(b, node, xs[0], b.const(f"{n}/weight", _oihw(fp["weight"]).astype(np.float32)),
+                  b.const(f"{n}/bias", fp["bias"].astype(np.float32)), n)
+        elif node.op == "add":
+            name[n] = _add(b, n, xs, n, node.attrs["relu"])
+        elif node.op == "fusion":
+            gates = [b.const(f"{n}/{g}", _channel(fp[g]).astype(np.float32)) for g in ("gate_rgb", "gate_sparse")]
+            _fusion(b, n, xs, gates, b.const(f"{n}/bias", _channel(fp["bias"]).astype(np.float32)), n)
+        elif node.op == "sigmoid":
+            b.node("Sigmoid", xs, [head], n)
+        else:
+            raise ValueError(f"ONNX export: unsupported op {node.op!r} ({n})")
+    return b.model(_outputs(b, graph, encoding, TensorProto.FLOAT), "jaxdepth_fp32")
+
+
+def _dq_const(b: _Builder, name: str, codes: np.ndarray, scale: np.ndarray, uint8: bool = False) -> str:
+    """DequantizeLinear of constant codes, zero point 0 (per output channel, axis 0, when
+    ``scale`` is a vector). ``uint8`` stores int8 codes as code + 128 with zero point 128:
+    the same real values."""
+    scale = np.asarray(scale, np.float32)
+    zero = np.zeros(scale.shape, codes.dtype)
+    if uint8:
+        codes, zero = (codes.astype(np.int32) + 128).astype(np.uint8), np.full(scale.shape, 128, np.uint8)
+    inputs = [b.const(f"{name}/codes", codes), b.const(f"{name}/scale", scale)]
+    if codes.dtype != np.int32:
+        inputs.append(b.const(f"{name}/zero_point", zero))
+    b.node("DequantizeLinear", inputs, [name], f"{name}/dequantize", **({"axis": 0} if scale.ndim else {}))
+    return name
+
+
+def to_qdq(graph: Graph, encoding: str, weights: str = "int8", code_inputs: bool = False) -> onnx.ModelProto:
+    """The INT8 QDQ model: every graph tensor is quantized with jaxdepth's scale and zero
+    point (QuantizeLinear) and dequantized for its consumers; conv weights int8 (per
+    tensor or per output channel), conv biases int32 at input x weight scale, fusion gates
+    int8, fusion biases int32 at the output scale. The outputs are the uint8 head codes.
+
+    ``weights="uint8"`` stores each weight code w as w + 128, zero point 128: the same
+    weights, for x86 CPUs without VNNI, where onnxruntime's u8 x s8 kernels add pairs of
+    products in saturating int16. ``code_inputs`` makes the inputs the quantized codes
+    (``quantize_inputs``): an integer runtime compared from the same first integers.
+    """
+    if weights not in ("int8", "uint8"):
+        raise ValueError(f"weights must be 'int8' or 'uint8', got {weights!r}")
+    b = _Builder()
+    dq: dict[str, str] = {}
+    consts: dict[str, str] = {}
+    head = _head_tensor(graph, encoding)
+    u8 = weights == "uint8"
+
+    def qparams(t: str) -> list[str]:
+        tensor = graph.tensors[t]
+        if f"{t}/scale" not in consts:
+            zero = np.array(tensor.zero_point, np.uint8 if tensor.fmt.name == "uint8" else np.int8)
+            consts.update({f"{t}/scale": b.const(f"{t}/scale", np.float32(tensor.scale)),
+                           f"{t}/zero_point": b.const(f"{t}/zero_point", zero)})
+        return [consts[f"{t}/scale"], consts[f"{t}/zero_point"]]
+
+    def dequantize(t: str, codes: str) -> None:
+        dq[t] = f"{t}/dq"
+        b.node("DequantizeLinear", [codes] + qparams(t), [dq[t]], f"{t}/dequantize")
+
+    for node in graph.nodes:
+        n, p = node.name, node.int_params
+        xs = [dq.get(i, "") for i in node.inputs]
+        f = f"{n}/f"
+        if node.op.startswith("input") and code_inputs:
+            b.input(graph, n, _ELEM[graph.tensors[n].fmt.name])
+            dequantize(n, n)
+            continue
+        if node.op.startswith("input"):
+            b.input(graph, n, TensorProto.FLOAT)
+            if node.op == "input_rgb":
+                _normalise(b, node, f)
+            else:
+                f = n
+        elif _structural(b, node, xs, f):
+            pass
+        elif node.op == "conv":
+            acc_scale = np.float32(graph.tensors[node.inputs[0]].scale) * p["weight_scale"]
+            w = _dq_const(b, f"{n}/weight", _oihw(p["weight"]), p["weight_scale"], u8)
+            _conv(b, node, xs[0], w, _dq_const(b, f"{n}/bias", p["bias"], acc_scale), f)
+        elif node.op == "add":
+            f = _add(b, n, xs, f, node.attrs["relu"])
+        elif node.op == "fusion":
+            gates = [_dq_const(b, f"{n}/coeff{i}", _channel(p[f"coeff{i}"]), p[f"coeff{i}_scale"])
+                     for i in range(2)]
+            out_scale = np.float32(graph.tensors[n].scale)
+            _fusion(b, n, xs, gates, _dq_const(b, f"{n}/bias", _channel(p["bias"]), out_scale), f)
+        elif node.op == "sigmoid":
+            b.node("Sigmoid", xs, [f], n)
+        else:
+            raise ValueError(f"ONNX export: unsupported op {node.op!r} ({n})")
+        codes = head if n in graph.outputs else f"{n}/q"
+        b.node("QuantizeLinear", [f] + qparams(n), [codes], f"{n}/quantize")
+        if n not in graph.outputs:
+            dequantize(n, codes)
+    return b.model(_outputs(b, graph, encoding, TensorProto.UINT8), "jaxdepth_qdq")
+
+
+def sparse_input(lidar: np.ndarray, min_depth: float) -> np.ndarray:
+    """(N, H, W) LiDAR metres -> the ``sparse`` input (N, 2, H, W), encoded on the host."""
+    return np.ascontiguousarray(np.transpose(np.asarray(encode_sparse(lidar, min_depth)), (0, 3, 1, 2)))
+
+
+def feeds(graph: Graph, rgb: np.ndarray, lidar: np.ndarray | None) -> dict[str, np.ndarray]:
+    """ONNX inputs from jaxdepth's (N, H, W, 3) image and (N, H, W) LiDAR."""
+    out = {}
+    for node in graph.nodes:
+        if node.op == "input_rgb":
+            out[node.name] = np.ascontiguousarray(np.transpose(np.asarray(rgb, np.float32), (0, 3, 1, 2)))
+        elif node.op == "input_sparse":
+            out[node.name] = sparse_input(lidar, node.attrs["min_depth"])
+    return out
+
+
+def code_feeds(graph: Graph, rgb: np.ndarray, lidar: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Inputs of a ``code_inputs=True`` QDQ model: jaxdepth's input codes, NCHW."""
+    zero_points = integer_params(graph)["zero_points"]
+    codes = quantize_inputs(Program.of(graph), zero_points, rgb, lidar)
+    return {k: np.ascontiguousarray(np.transpose(np.asarray(v), (0, 3, 1, 2))) for k, v in codes.items()}
+
+
+def session(model: onnx.ModelProto):
+    """An onnxruntime CPU session (all graph optimisations: QDQ groups run as integer
+    kernels such as QLinearConv)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def heads(sess, graph: Graph, encoding: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Runs a session; the named (N, 1, H, W) outputs as one (N, H, W, C) head."""
+    names = list(output_names(graph, encoding))
+    return np.concatenate(sess.run(names, inputs), axis=1).transpose(0, 2, 3, 1)
+
+
+def op_types(model: onnx.ModelProto) -> set[str]:
+    return {n.op_type for n in model.graph.node}

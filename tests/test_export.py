@@ -1,0 +1,313 @@
+"""Integer export: requantization, the integer-only forward, agreement with fake-quant
+INT8, the artifact on disk, the CLIs."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_cfg
+from jaxdepth.data.sources import eval_pipeline
+from jaxdepth.evaluate import Evaluator
+from jaxdepth.export import artifact
+from jaxdepth.export.compare import compare, format_comparison
+from jaxdepth.export.exporter import ExportError, export_graph, used_parameter_count
+from jaxdepth.export.integer import (Program, integer_params, make_integer_forward,
+                                     make_intermediates, quantize_inputs, run_codes, storage_dtype)
+from jaxdepth.models import build_model
+from jaxdepth.quant import numerics as qn
+from jaxdepth.quant.calibrate import calibrate
+
+ROOT = Path(__file__).parents[1]
+H, W = 32, 64
+PRESETS = ("npu_strict", "per_channel", "symmetric")
+
+
+# ----------------------------------------------------------------------------------------
+# Shared, cached set-ups (test_onnx.py uses them too).
+# ----------------------------------------------------------------------------------------
+def config(data_root: Path, preset: str):
+    return tiny_cfg(data_root, data_root.parent / "unused_run", quant__preset=preset)
+
+
+@functools.cache
+def calibrated(data_root: Path) -> dict:
+    """The tiny untrained model's variables (scale-0 head only, so that every observer is
+    calibrated) with min-max ranges from the calib split; ranges are real-valued: every
+    preset derives its scales from the same ones."""
+    cfg = config(data_root, "npu_strict")
+    model = build_model(cfg.model)
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, H, W, 3)), jnp.zeros((1, H, W))))(
+        jax.random.PRNGKey(0))
+    quant = calibrate(model, variables, eval_pipeline(cfg, "calib").epoch(0), use_lidar=True)
+    return {**variables, "quant": quant}
+
+
+@functools.cache
+def setup(data_root: Path, preset: str, condition: str = "ptq") -> tuple:
+    """(cfg, variables, graph) with ``preset``. ``ptq``: the min-max ranges. ``qat``: the
+    ranges narrowed to 60 %, as QAT's EMA ranges clip outliers: many activations saturate."""
+    variables = calibrated(data_root)
+    if condition == "qat":
+        variables = {**variables, "quant": jax.tree.map(
+            lambda x: x * 0.6 if x.dtype == jnp.float32 else x, variables["quant"])}
+    cfg = config(data_root, preset)
+    return cfg, variables, export_graph(cfg, variables, H, W)
+
+
+def first_test_batch(cfg) -> dict:
+    return next(iter(eval_pipeline(cfg, "test").epoch(0)))
+
+
+# ----------------------------------------------------------------------------------------
+# Requantization.
+# ----------------------------------------------------------------------------------------
+def _exact(acc: np.ndarray, m: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """round_half_away(acc * m / 2**(31 + shift)) with Python integers (exact)."""
+    out = []
+    for a, mm, s in zip(acc.tolist(), m.tolist(), shift.tolist()):
+        x = Fraction(a * mm, 2 ** (31 + s))
+        r = int(abs(x) + Fraction(1, 2))          # floor(|x| + 1/2)
+        out.append(r if x >= 0 else -r)
+    return np.array(out, np.int64)
+
+
+def test_requantize_is_exact_with_ties_and_extreme_multipliers():
+    rng = np.random.default_rng(0)
+    n = 4000
+    reals = np.exp(rng.uniform(np.log(1e-9), np.log(60.0), n))       # tiny to > 1 (left shifts)
+    m, shift = qn.quantize_multiplier(reals)
+    assert (m >= 2 ** 30).all() and (0 <= 31 + shift).all() and (31 + shift <= 62).all()
+    np.testing.assert_allclose(qn.multiplier_value(m, shift), reals, rtol=2.0 ** -30)
+    acc = rng.integers(-(2 ** 31) + 1, 2 ** 31, n)
+    acc[: n // 4] = rng.integers(-300, 300, n // 4)
+    # exact ties: m = 2**30 is the real 2**-(1 + shift), and acc = (2k + 1) * 2**shift
+    ties = n // 4
+    m[-ties:] = 2 ** 30
+    shift[-ties:] = rng.integers(0, 20, ties)
+    acc[-ties:] = (2 * rng.integers(-1000, 1000, ties) + 1) * 2 ** shift[-ties:]
+    got = np.asarray(qn.requantize(jnp.asarray(acc, jnp.int32), jnp.asarray(m), jnp.asarray(shift)))
+    want = _exact(acc, m, shift)
+    in_range = np.abs(want) < 2 ** 31
+    np.testing.assert_array_equal(got[in_range], want[in_range])
+    # float64 agrees wherever its product is exact (|acc * m| < 2**53)
+    small = np.abs(acc) < 2 ** 21
+    f64 = acc[small] * qn.multiplier_value(m[small], shift[small])
+    np.testing.assert_array_equal(got[small], np.sign(f64) * np.floor(np.abs(f64) + 0.5))
+    tie_vals = acc[-ties:].astype(np.float64) * 2.0 ** (-1 - shift[-ties:].astype(np.float64))
+    assert np.all(np.abs(tie_vals - np.trunc(tie_vals)) == 0.5)          # really ties
+    np.testing.assert_array_equal(got[-ties:], np.sign(tie_vals) * np.ceil(np.abs(tie_vals)))
+
+
+# ----------------------------------------------------------------------------------------
+# The exported graph and the integer-only forward.
+# ----------------------------------------------------------------------------------------
+def test_export_is_fast_and_rejects_checkpoints_it_cannot_export(tiny_data):
+    cfg, variables, _ = setup(tiny_data, "npu_strict")
+    t0 = time.perf_counter()
+    graph = export_graph(cfg, variables, H, W)
+    assert time.perf_counter() - t0 < 10.0            # was ~30 s when recorded op by op
+    assert [n.op for n in graph.nodes].count("conv") == 36 and graph.outputs == ["decoder/head0"]
+    no_ranges = {**variables, "quant": jax.tree.map(jnp.zeros_like, variables["quant"])}
+    with pytest.raises(ValueError, match="no calibrated activation ranges"):
+        export_graph(cfg, no_ranges, H, W)
+    with pytest.raises(ExportError, match="multiples of 32"):
+        export_graph(cfg, variables, 40, 64)
+    mono = export_graph(cfg, variables, H, W, use_lidar=False)
+    assert mono.inputs == ["rgb"] and not any(n.op == "fusion" for n in mono.nodes)
+
+
+def _float_eqns(jaxpr, found: list) -> list:
+    """Equations with a floating-point input or output, including inside sub-jaxprs."""
+    for eqn in jaxpr.eqns:
+        avals = [v.aval for v in list(eqn.invars) + list(eqn.outvars) if hasattr(v, "aval")]
+        if any(jnp.issubdtype(a.dtype, jnp.floating) for a in avals if hasattr(a, "dtype")):
+            found.append(str(eqn.primitive))
+        if "callback" in str(eqn.primitive) or "custom_call" in str(eqn.primitive):
+            found.append(str(eqn.primitive))
+        for p in eqn.params.values():
+            for sub in p if isinstance(p, (list, tuple)) else [p]:
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    _float_eqns(sub.jaxpr, found)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    _float_eqns(sub, found)
+    return found
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_integer_forward_has_no_float_operation_after_the_inputs(tiny_data, preset):
+    cfg, _, graph = setup(tiny_data, preset)
+    program, params = Program.of(graph), integer_params(graph)
+    inputs = quantize_inputs(program, params["zero_points"], jnp.zeros((2, H, W, 3)), jnp.zeros((2, H, W)))
+    act = storage_dtype(qn.get_scheme(preset).activation)
+    assert {np.dtype(c.dtype) for c in inputs.values()} == {act}
+    closed = jax.make_jaxpr(lambda p, x: run_codes(program, p, x))(params, inputs)
+    assert closed.jaxpr.eqns and not _float_eqns(closed.jaxpr, [])
+    full = jax.make_jaxpr(make_integer_forward(graph))(params, jnp.zeros((2, H, W, 3)), jnp.zeros((2, H, W)))
+    assert _float_eqns(full.jaxpr, [])           # the walker does see the float prologue
+    assert not any(jnp.issubdtype(np.asarray(c).dtype, jnp.floating) for c in closed.consts)
+    avals = jax.eval_shape(lambda p, x: run_codes(program, p, x), params, inputs)
+    assert {np.dtype(a.dtype) for k, a in avals.items() if k not in graph.outputs} == {act}
+    assert avals[graph.outputs[0]].dtype == jnp.uint8
+
+
+AGREEMENT = [("npu_strict", "ptq"), ("npu_strict", "qat"), ("per_channel", "ptq"), ("symmetric", "ptq")]
+
+
+@functools.cache
+def _comparison(data_root: Path, preset: str, condition: str) -> dict:
+    cfg, variables, graph = setup(data_root, preset, condition)
+    return compare(_evaluator(data_root, preset), variables, "test", graph)
+
+
+@functools.cache
+def _evaluator(data_root: Path, preset: str) -> Evaluator:
+    """One per preset: the jitted predictors are shared by the range conditions."""
+    return Evaluator(setup(data_root, preset)[0])
+
+
+@pytest.mark.parametrize("preset,condition", AGREEMENT)
+def test_integer_head_codes_match_fake_quant(tiny_data, preset, condition):
+    result = _comparison(tiny_data, preset, condition)
+    a = result["agreement"]
+    assert a["codes"] == 6 * H * W * 2                      # 6 test images, 2 head channels
+    assert a["equal"] >= 0.999 and a["max_diff"] <= 1, a
+    fake, integer = result["metrics"]["int8 fake-quant"], result["metrics"]["int8 integer"]
+    for k in ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1"):
+        assert integer[k] == pytest.approx(fake[k], rel=5e-3, abs=1e-6), k
+    dev = result["deviation_mm"]
+    assert set(dev) == {"all", "0.5-2 m", "2-5 m", "5-10 m", "10-15 m"}
+    assert dev["all"]["pixels"] == sum(d["pixels"] for k, d in dev.items() if k != "all") > 0
+    assert 0 <= dev["all"]["median"] <= dev["all"]["p95"] <= dev["all"]["p99"] <= dev["all"]["max"]
+    assert "equal" in format_comparison(result)
+
+
+def test_intermediates_are_the_stored_codes_of_every_tensor(tiny_data):
+    cfg, _, graph = setup(tiny_data, "per_channel")      # its intermediates serve test_onnx too
+    b = first_test_batch(cfg)
+    params = integer_params(graph)
+    codes = make_intermediates(graph)(params, b["rgb"], b["lidar"])
+    assert set(codes) == set(graph.tensors)
+    head = make_integer_forward(graph)(params, b["rgb"], b["lidar"])
+    np.testing.assert_array_equal(codes[graph.outputs[0]], head)
+    assert all(c.dtype == storage_dtype(graph.tensors[k].fmt) for k, c in codes.items()
+               if k not in graph.outputs)
+
+
+# ----------------------------------------------------------------------------------------
+# The artifact on disk.
+# ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved(tiny_data, tmp_path_factory):
+    cfg, variables, graph = setup(tiny_data, "npu_strict")
+    out = tmp_path_factory.mktemp("artifact")
+    sizes = artifact.save(graph, cfg, out, used_parameter_count(graph, variables))
+    return out, sizes
+
+
+def test_artifact_round_trip_gives_identical_codes(tiny_data, saved):
+    out, _ = saved
+    cfg, _, graph = setup(tiny_data, "npu_strict")
+    loaded, loaded_cfg = artifact.load(out)
+    assert loaded_cfg == cfg and loaded.inputs == graph.inputs and loaded.outputs == graph.outputs
+    assert Program.of(loaded) == Program.of(graph)
+    for a, b in zip(graph.nodes, loaded.nodes):
+        assert (a.op, a.name, a.inputs) == (b.op, b.name, b.inputs)
+        for k, v in a.int_params.items():
+            assert b.int_params[k].dtype == v.dtype
+            np.testing.assert_array_equal(b.int_params[k], v)
+        for k, v in a.float_params.items():
+            np.testing.assert_array_equal(b.float_params[k], v)
+    batch = first_test_batch(cfg)
+    fwd = make_integer_forward(graph)
+    np.testing.assert_array_equal(fwd(integer_params(loaded), batch["rgb"], batch["lidar"]),
+                                  fwd(integer_params(graph), batch["rgb"], batch["lidar"]))
+
+
+def test_artifact_is_under_a_third_of_the_fp32_model(saved):
+    out, sizes = saved
+    files = {p.name for p in out.iterdir()}
+    assert files == {"manifest.json", "weights.npz", "float_weights.npz"}
+    assert sizes["integer_bytes"] == (out / "manifest.json").stat().st_size + (out / "weights.npz").stat().st_size
+    assert sizes["fp32_bytes"] > 4_000_000 and sizes["ratio"] <= 0.3, sizes
+
+
+def test_manifest_documents_every_layer(saved):
+    out, _ = saved
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["format"] == "jaxdepth-int8" and man["format_version"] == 1
+    assert {"config", "encoding", "quantization", "inputs", "outputs", "layers", "files",
+            "fp32_reference"} <= set(man)
+    assert man["encoding"]["name"] == "intfrac" and man["encoding"]["max_depth"] == 15.0
+    assert "ties away from zero" in man["quantization"]["rounding"]
+    assert man["quantization"]["preset"] == "npu_strict"
+    assert [i["name"] for i in man["inputs"]] == ["rgb", "sparse"]
+    assert man["inputs"][0]["shape"] == [1, H, W, 3] and man["inputs"][0]["dtype"] == "uint8"
+    assert man["outputs"][0]["channel_names"] == ["int", "frac"]
+    assert man["outputs"][0]["scale"] == pytest.approx(1 / 255)
+    weights = np.load(out / "weights.npz")
+    keys = set()
+    for layer in man["layers"]:
+        assert {"op", "name", "inputs", "output", "attrs", "output_quant", "params"} <= set(layer)
+        for spec in layer["params"].values():
+            arr = weights[spec["key"]]
+            assert list(arr.shape) == spec["shape"] and str(arr.dtype) == spec["dtype"]
+            keys.add(spec["key"])
+    assert keys == set(weights.files)
+    dtypes = {str(weights[k].dtype) for k in weights.files}
+    assert dtypes == {"int8", "int32", "uint8", "float32"}       # float32: weight/gate scales
+    assert all(k.endswith("_scale") for k in weights.files if weights[k].dtype == np.float32)
+    conv = next(layer for layer in man["layers"] if layer["op"] == "conv")
+    assert conv["attrs"] == {"kernel": 7, "stride": 2, "padding": 3, "relu": True}
+
+
+# ----------------------------------------------------------------------------------------
+# Command lines.
+# ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoint_dir(tiny_data, tmp_path_factory):
+    """A step folder as the trainer writes it, with PTQ ranges."""
+    from jaxdepth import checkpoint
+    from jaxdepth.config import to_dict
+
+    cfg, variables, _ = setup(tiny_data, "npu_strict")
+    run = tmp_path_factory.mktemp("run")
+    ckpts = checkpoint.Checkpoints(run, keep=1)
+    ckpts.save(1, variables, {"config": to_dict(cfg), "phase": "fp32", "metrics": None})
+    return run
+
+
+def test_export_cli_writes_artifact_and_onnx(checkpoint_dir, tmp_path, capsys):
+    from jaxdepth.export.__main__ import main
+
+    out = tmp_path / "npu"
+    assert main([str(checkpoint_dir), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "layers: 84" in text and "ratio 0.2" in text
+    assert {p.name for p in out.iterdir()} == {"manifest.json", "weights.npz", "float_weights.npz",
+                                               "model_fp32.onnx", "model_int8_qdq.onnx"}
+    assert main([str(checkpoint_dir), "--out", str(tmp_path / "bad"), "--height", "40"]) == 2
+
+
+def test_eval_cli_reports_integer_int8_beside_fake_quant(tiny_data, checkpoint_dir, tmp_path, capsys):
+    sys.path.insert(0, str(ROOT))
+    import eval as eval_cli
+
+    out = tmp_path / "m.json"
+    assert eval_cli.main([str(checkpoint_dir), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "int8 fake-quant" in text and "int8 integer" in text and "|integer - FP32|" in text
+    record = json.loads(out.read_text())
+    rows = record["results"]
+    assert rows["int8 integer"] == pytest.approx(_comparison(tiny_data, "npu_strict", "ptq")["metrics"]["int8 integer"])
+    assert rows["int8 integer"]["abs_rel"] == pytest.approx(rows["int8 fake-quant"]["abs_rel"], rel=5e-3)
+    assert record["integer"]["agreement"]["equal"] >= 0.999
+    assert set(record["integer"]["deviation_mm"]) == {"all", "0.5-2 m", "2-5 m", "5-10 m", "10-15 m"}

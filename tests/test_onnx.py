@@ -1,0 +1,112 @@
+"""ONNX export: the FP32 model against the JAX FP32 forward, the QDQ model in
+onnxruntime against jaxdepth's integer forward, and the NPU op rules."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from jaxdepth.export import onnx as xonnx
+from jaxdepth.export.integer import integer_params, make_integer_forward, make_intermediates
+from jaxdepth.models import build_model
+from test_export import first_test_batch, setup
+
+
+@functools.cache
+def fp32_heads(data_root):
+    cfg, _, _ = setup(data_root, "npu_strict")
+    model = build_model(cfg.model)
+    return jax.jit(lambda v, rgb, lidar: model.apply(v, rgb, lidar, train=False)[0])
+
+
+@functools.cache
+def models(data_root, preset: str) -> tuple:
+    cfg, _, graph = setup(data_root, preset)
+    enc = cfg.model.encoding
+    return (xonnx.to_fp32(graph, enc), xonnx.to_qdq(graph, enc),
+            xonnx.to_qdq(graph, enc, weights="uint8", code_inputs=True))
+
+
+def test_fp32_model_matches_jax_fp32(tiny_data):
+    cfg, variables, graph = setup(tiny_data, "npu_strict")
+    sess = xonnx.session(models(tiny_data, "npu_strict")[0])
+    for batch in [first_test_batch(cfg)]:
+        got = xonnx.heads(sess, graph, cfg.model.encoding, xonnx.feeds(graph, batch["rgb"], batch["lidar"]))
+        want = np.asarray(fp32_heads(tiny_data)(variables, batch["rgb"], batch["lidar"]))
+        assert got.shape == want.shape == (4, 32, 64, 2)
+        assert np.abs(got - want).max() < 1e-4
+
+
+def test_fp32_model_uses_only_npu_ops_and_names_the_heads(tiny_data):
+    fp32, qdq, _ = models(tiny_data, "npu_strict")
+    assert xonnx.op_types(fp32) <= xonnx.NPU_OPS
+    assert not xonnx.op_types(fp32) & {"Reshape", "Flatten", "Transpose", "Div", "Sub", "Gemm"}
+    assert xonnx.op_types(qdq) <= xonnx.NPU_OPS | {"QuantizeLinear", "DequantizeLinear"}
+    for m in (fp32, qdq):
+        assert [i.name for i in m.graph.input] == ["rgb", "sparse"]
+        assert [o.name for o in m.graph.output] == ["int", "frac"]
+    for node in fp32.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type in ("Conv", "MaxPool"):
+            pads = attrs.get("pads", [0, 0, 0, 0])
+            assert pads[:2] == pads[2:] and "auto_pad" not in attrs           # explicit, symmetric
+        if node.op_type == "Resize":
+            assert attrs["mode"] == b"nearest"
+        if node.op_type == "Mul":
+            const = next(i for i in fp32.graph.initializer if i.name == node.input[1])
+            assert len(const.dims) == 4 and const.dims[0] == const.dims[2] == const.dims[3] == 1
+    onnx.checker.check_model(qdq)
+
+
+def test_qdq_model_in_onnxruntime_reproduces_integer_head_codes(tiny_data):
+    """End to end in onnxruntime's integer kernels (QLinearConv, QLinearAdd, ...)."""
+    cfg, _, graph = setup(tiny_data, "npu_strict")
+    sess = xonnx.session(models(tiny_data, "npu_strict")[2])
+    batch = first_test_batch(cfg)
+    feeds = xonnx.code_feeds(graph, batch["rgb"], batch["lidar"])
+    got = xonnx.heads(sess, graph, cfg.model.encoding, feeds).astype(int)
+    want = np.asarray(make_integer_forward(graph)(integer_params(graph), batch["rgb"], batch["lidar"])).astype(int)
+    d = np.abs(got - want)
+    assert np.mean(d == 0) >= 0.99 and d.max() <= 1
+
+
+def _layerwise(model: onnx.ModelProto, graph) -> onnx.ModelProto:
+    """Every dequantized activation becomes a graph input and every quantized activation
+    an output: each layer runs from jaxdepth's own input codes, so one rounding difference
+    cannot cascade through the layers after it."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for node in m.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0].endswith("/q"):
+            t = node.input[0][:-2]
+            node.input[0] = f"{t}/in"
+            elem = xonnx._ELEM[graph.tensors[t].fmt.name]
+            _, h, w, c = graph.tensors[t].shape
+            m.graph.input.append(helper.make_tensor_value_info(f"{t}/in", elem, ["N", c, h, w]))
+            m.graph.output.append(helper.make_tensor_value_info(f"{t}/q", elem, None))
+    return m
+
+
+@pytest.mark.parametrize("preset", ["per_channel", "symmetric"])   # npu_strict: exact end to end
+def test_qdq_layers_in_onnxruntime_match_integer_layers(tiny_data, preset):
+    cfg, _, graph = setup(tiny_data, preset)
+    sess = xonnx.session(_layerwise(models(tiny_data, preset)[2], graph))
+    batch = first_test_batch(cfg)
+    codes = jax.tree.map(np.asarray, make_intermediates(graph)(integer_params(graph), batch["rgb"], batch["lidar"]))
+    nchw = {k: np.ascontiguousarray(v.transpose(0, 3, 1, 2)) for k, v in codes.items()}
+    feeds = {i.name: nchw[i.name.removesuffix("/in")] for i in sess.get_inputs()}
+    names = [o.name for o in sess.get_outputs()]
+    out = dict(zip(names, sess.run(names, feeds)))
+    heads = np.concatenate([out[n] for n in xonnx.output_names(graph, cfg.model.encoding)], axis=1)
+    out[graph.outputs[0] + "/q"] = heads
+    equal, total = 0, 0
+    for name, got in out.items():
+        if name.endswith("/q"):
+            d = np.abs(got.astype(int) - nchw[name[:-2]].astype(int))
+            assert d.max() <= 1, name
+            equal, total = equal + int((d == 0).sum()), total + d.size
+    assert total > 1_000_000 and equal / total >= 0.9999, equal / total
