@@ -20,7 +20,7 @@ from jaxdepth.evaluate import Evaluator
 from jaxdepth.export import artifact
 from jaxdepth.export.compare import compare, format_comparison
 from jaxdepth.export.exporter import ExportError, export_graph, used_parameter_count
-from jaxdepth.export.integer import (Program, integer_params, make_integer_forward,
+from jaxdepth.export.integer import (Program, integer_params, make_input_codes, make_integer_forward,
                                      make_intermediates, quantize_inputs, run_codes, storage_dtype)
 from jaxdepth.models import build_model
 from jaxdepth.quant import numerics as qn
@@ -52,7 +52,7 @@ def calibrated(data_root: Path) -> dict:
 
 
 @functools.cache
-def setup(data_root: Path, preset: str, condition: str = "ptq") -> tuple:
+def exported(data_root: Path, preset: str, condition: str = "ptq") -> tuple:
     """(cfg, variables, graph) with ``preset``. ``ptq``: the min-max ranges. ``qat``: the
     ranges narrowed to 60 %, as QAT's EMA ranges clip outliers: many activations saturate."""
     variables = calibrated(data_root)
@@ -111,7 +111,7 @@ def test_requantize_is_exact_with_ties_and_extreme_multipliers():
 # The exported graph and the integer-only forward.
 # ----------------------------------------------------------------------------------------
 def test_export_is_fast_and_rejects_checkpoints_it_cannot_export(tiny_data):
-    cfg, variables, _ = setup(tiny_data, "npu_strict")
+    cfg, variables, _ = exported(tiny_data, "npu_strict")
     t0 = time.perf_counter()
     graph = export_graph(cfg, variables, H, W)
     assert time.perf_counter() - t0 < 10.0            # was ~30 s when recorded op by op
@@ -144,7 +144,7 @@ def _float_eqns(jaxpr, found: list) -> list:
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_integer_forward_has_no_float_operation_after_the_inputs(tiny_data, preset):
-    cfg, _, graph = setup(tiny_data, preset)
+    cfg, _, graph = exported(tiny_data, preset)
     program, params = Program.of(graph), integer_params(graph)
     inputs = quantize_inputs(program, params["zero_points"], jnp.zeros((2, H, W, 3)), jnp.zeros((2, H, W)))
     act = storage_dtype(qn.get_scheme(preset).activation)
@@ -164,14 +164,14 @@ AGREEMENT = [("npu_strict", "ptq"), ("npu_strict", "qat"), ("per_channel", "ptq"
 
 @functools.cache
 def _comparison(data_root: Path, preset: str, condition: str) -> dict:
-    cfg, variables, graph = setup(data_root, preset, condition)
+    cfg, variables, graph = exported(data_root, preset, condition)
     return compare(_evaluator(data_root, preset), variables, "test", graph)
 
 
 @functools.cache
 def _evaluator(data_root: Path, preset: str) -> Evaluator:
     """One per preset: the jitted predictors are shared by the range conditions."""
-    return Evaluator(setup(data_root, preset)[0])
+    return Evaluator(exported(data_root, preset)[0])
 
 
 @pytest.mark.parametrize("preset,condition", AGREEMENT)
@@ -191,13 +191,15 @@ def test_integer_head_codes_match_fake_quant(tiny_data, preset, condition):
 
 
 def test_intermediates_are_the_stored_codes_of_every_tensor(tiny_data):
-    cfg, _, graph = setup(tiny_data, "per_channel")      # its intermediates serve test_onnx too
+    cfg, _, graph = exported(tiny_data, "per_channel")      # its intermediates serve test_onnx too
     b = first_test_batch(cfg)
     params = integer_params(graph)
     codes = make_intermediates(graph)(params, b["rgb"], b["lidar"])
     assert set(codes) == set(graph.tensors)
     head = make_integer_forward(graph)(params, b["rgb"], b["lidar"])
     np.testing.assert_array_equal(codes[graph.outputs[0]], head)
+    for name, c in make_input_codes(graph)(params, b["rgb"], b["lidar"]).items():
+        np.testing.assert_array_equal(codes[name], c)
     assert all(c.dtype == storage_dtype(graph.tensors[k].fmt) for k, c in codes.items()
                if k not in graph.outputs)
 
@@ -207,7 +209,7 @@ def test_intermediates_are_the_stored_codes_of_every_tensor(tiny_data):
 # ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def saved(tiny_data, tmp_path_factory):
-    cfg, variables, graph = setup(tiny_data, "npu_strict")
+    cfg, variables, graph = exported(tiny_data, "npu_strict")
     out = tmp_path_factory.mktemp("artifact")
     sizes = artifact.save(graph, cfg, out, used_parameter_count(graph, variables))
     return out, sizes
@@ -215,7 +217,7 @@ def saved(tiny_data, tmp_path_factory):
 
 def test_artifact_round_trip_gives_identical_codes(tiny_data, saved):
     out, _ = saved
-    cfg, _, graph = setup(tiny_data, "npu_strict")
+    cfg, _, graph = exported(tiny_data, "npu_strict")
     loaded, loaded_cfg = artifact.load(out)
     assert loaded_cfg == cfg and loaded.inputs == graph.inputs and loaded.outputs == graph.outputs
     assert Program.of(loaded) == Program.of(graph)
@@ -278,7 +280,7 @@ def checkpoint_dir(tiny_data, tmp_path_factory):
     from jaxdepth import checkpoint
     from jaxdepth.config import to_dict
 
-    cfg, variables, _ = setup(tiny_data, "npu_strict")
+    cfg, variables, _ = exported(tiny_data, "npu_strict")
     run = tmp_path_factory.mktemp("run")
     ckpts = checkpoint.Checkpoints(run, keep=1)
     ckpts.save(1, variables, {"config": to_dict(cfg), "phase": "fp32", "metrics": None})

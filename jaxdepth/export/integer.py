@@ -187,6 +187,18 @@ def _run(program: Program, every: bool, params: Params, rgb: jax.Array,
     return codes if every else codes[program.output]
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _inputs(program: Program, params: Params, rgb: jax.Array, lidar: jax.Array | None) -> Codes:
+    return quantize_inputs(program, params["zero_points"], rgb, lidar)
+
+
+def make_input_codes(graph: Graph) -> Callable[[Params, jax.Array, jax.Array | None], Codes]:
+    """Jitted ``(params, rgb, lidar) -> {input name: codes}``, bit for bit the integer
+    forward's own inputs (compiled, as there: XLA's float rewrites, e.g. ``x / c`` to
+    ``x * (1 / c)``, change a few codes against op-by-op evaluation)."""
+    return functools.partial(_inputs, Program.of(graph))
+
+
 def make_integer_forward(graph: Graph) -> Callable[[Params, jax.Array, jax.Array | None], jax.Array]:
     """Jitted ``(params, rgb, lidar) -> head codes`` uint8 (B, H, W, C), any batch size.
 

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from jaxdepth.export.artifact import head_names
 from jaxdepth.export.graph import Graph, Node
-from jaxdepth.export.integer import Program, integer_params, quantize_inputs
+from jaxdepth.export.integer import integer_params, make_input_codes
 from jaxdepth.models.layers import encode_sparse
 
 OPSET = 13
@@ -287,8 +287,7 @@ def feeds(graph: Graph, rgb: np.ndarray, lidar: np.ndarray | None) -> dict[str, 
 
 def code_feeds(graph: Graph, rgb: np.ndarray, lidar: np.ndarray | None) -> dict[str, np.ndarray]:
     """Inputs of a ``code_inputs=True`` QDQ model: jaxdepth's input codes, NCHW."""
-    zero_points = integer_params(graph)["zero_points"]
-    codes = quantize_inputs(Program.of(graph), zero_points, rgb, lidar)
+    codes = make_input_codes(graph)(integer_params(graph), rgb, lidar)
     return {k: np.ascontiguousarray(np.transpose(np.asarray(v), (0, 3, 1, 2))) for k, v in codes.items()}
 
 
