@@ -7,6 +7,7 @@ enough to rebuild and evaluate the model.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +108,10 @@ def load(path: str | Path) -> tuple[dict, dict, Path]:
 
 
 def has_ranges(variables: dict) -> bool:
-    """Whether the activation observers hold calibrated or QAT ranges."""
-    counts = [x for path, x in _flatten(variables.get("quant", {})) if path.endswith("count")]
+    """Whether the activation observers of the inference graph hold calibrated or QAT
+    ranges (the training-only heads at scales 1..3 are not part of it)."""
+    counts = [x for path, x in _flatten(variables.get("quant", {}))
+              if path.endswith("count") and not re.search(r"decoder/head[1-9]", path)]
     return bool(counts) and all(int(c) > 0 for c in counts)
 
 

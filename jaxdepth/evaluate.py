@@ -24,7 +24,8 @@ def make_predict(model: nn.Module, encoding: Encoding, use_lidar: bool) -> Calla
     return jax.jit(predict)
 
 
-def _pad(x: np.ndarray, n: int) -> np.ndarray:
+def pad_batch(x: np.ndarray, n: int) -> np.ndarray:
+    """Pads a partial last batch with zeros to n samples, so one compilation serves all."""
     if len(x) == n:
         return x
     return np.concatenate([x, np.zeros((n - len(x),) + x.shape[1:], x.dtype)])
@@ -37,8 +38,8 @@ def evaluate(predict: Callable, variables: dict, batches: Iterable[dict], batch_
     plain, scaled = MetricAccumulator(), MetricAccumulator()
     for batch in batches:
         n = len(batch["rgb"])
-        depth = predict(variables, _pad(batch["rgb"], batch_size), _pad(batch["lidar"], batch_size))
-        gt = jnp.asarray(_pad(batch["depth"], batch_size))
+        depth = predict(variables, pad_batch(batch["rgb"], batch_size), pad_batch(batch["lidar"], batch_size))
+        gt = jnp.asarray(pad_batch(batch["depth"], batch_size))
         args = (encoding.min_depth, encoding.max_depth, garg_crop)
         m, ok = metric_fn(depth, gt, *args, False)
         plain.add(np.asarray(m)[:n], np.asarray(ok)[:n])

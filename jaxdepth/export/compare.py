@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdepth.data.sources import eval_pipeline
-from jaxdepth.evaluate import Evaluator, _pad, evaluate
+from jaxdepth.evaluate import Evaluator, evaluate, pad_batch
 from jaxdepth.export.exporter import export_graph
 from jaxdepth.export.graph import Graph
 from jaxdepth.export.integer import integer_params, make_integer_forward
@@ -73,7 +73,7 @@ def compare(evaluator: Evaluator, variables: dict, split: str, graph: Graph | No
     bs = cfg.eval.batch_size
     for batch in batches():
         n = len(batch["rgb"])
-        rgb, lidar = _pad(batch["rgb"], bs), _pad(batch["lidar"], bs)
+        rgb, lidar = pad_batch(batch["rgb"], bs), pad_batch(batch["lidar"], bs)
         codes = forward(params, rgb, lidar)
         int_codes.append(np.asarray(codes)[:n])
         fake_codes.append(np.rint(np.asarray(fake_heads(variables, rgb, lidar))[:n] * 255.0))
