@@ -1,8 +1,21 @@
 """Shared timing helpers of the benchmark scripts."""
 from __future__ import annotations
 
+import argparse
 import platform
 import time
+
+
+def step_args(doc: str) -> argparse.Namespace:
+    """--config, --steps, --set of the step-timing benchmarks; sets up JAX."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    from jaxdepth.cli import setup_jax
+    setup_jax()
+    return args
 
 
 def machine() -> str:

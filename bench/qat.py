@@ -5,21 +5,13 @@ Prints a readable table and one JSON line. Usage:
 """
 from __future__ import annotations
 
-import argparse
 import json
 
-from common import machine, time_steps
-
-from jaxdepth.cli import setup_jax
+from common import machine, step_args, time_steps
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/default.yaml")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    args = parser.parse_args()
-    setup_jax()
+    args = step_args(__doc__)
     from jaxdepth.config import load_config
 
     cfg = load_config(args.config, args.overrides)
