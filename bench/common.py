@@ -6,11 +6,11 @@ import platform
 import time
 
 
-def step_args(doc: str) -> argparse.Namespace:
-    """--config, --steps, --set of the step-timing benchmarks; sets up JAX."""
+def bench_args(doc: str, repeats: str = "steps") -> argparse.Namespace:
+    """--config, --<repeats> (timed repetitions), --set of every benchmark; sets up JAX."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/default.yaml")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument(f"--{repeats}", type=int, default=5)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     from jaxdepth.cli import setup_jax

@@ -7,16 +7,13 @@ depend on the values. Prints a table and one JSON line. Usage:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import machine
-
-from jaxdepth.cli import setup_jax
+from common import bench_args, machine
 
 
 def timed(fn, runs: int, batch: int) -> dict:
@@ -34,12 +31,7 @@ def timed(fn, runs: int, batch: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/default.yaml")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    args = parser.parse_args()
-    setup_jax()
+    args = bench_args(__doc__, repeats="runs")
     import jax
 
     from jaxdepth.config import load_config

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 
-from common import machine, step_args, time_steps
+from common import machine, bench_args, time_steps
 
 
 def main() -> None:
-    args = step_args(__doc__)
+    args = bench_args(__doc__)
     from jaxdepth.config import load_config
 
     cfg = load_config(args.config, args.overrides)
