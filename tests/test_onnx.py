@@ -76,6 +76,25 @@ def test_qdq_model_in_onnxruntime_reproduces_integer_head_codes(tiny_data):
     assert d.shape[0] == 6 and np.mean(d == 0) >= 0.99 and d.max() <= 1
 
 
+INTEGER_OPS = {"ConvInteger", "Pad", "Cast", "Sub", "Add", "Mul", "Div", "Abs", "Sign", "Max", "Min",
+               "Concat", "Slice", "Split", "MaxPool", "Resize", "Gather"}
+
+
+@pytest.mark.parametrize("preset", ["npu_strict", "per_channel", "symmetric"])
+def test_integer_model_in_onnxruntime_equals_integer_forward(tiny_data, preset):
+    """The artifact's integer arithmetic, run by onnxruntime from the file format's
+    numbers alone, gives jaxdepth's integer head codes exactly."""
+    cfg, _, graph = exported(tiny_data, preset)
+    model = xonnx.to_integer(graph, cfg.model.encoding)
+    assert xonnx.op_types(model) <= INTEGER_OPS
+    assert [o.name for o in model.graph.output] == ["int", "frac"]
+    sess = xonnx.session(model)
+    forward, params = make_integer_forward(graph), integer_params(graph)
+    for batch in eval_pipeline(cfg, "test").epoch(0):
+        got = xonnx.heads(sess, graph, cfg.model.encoding, xonnx.code_feeds(graph, batch["rgb"], batch["lidar"]))
+        np.testing.assert_array_equal(got, np.asarray(forward(params, batch["rgb"], batch["lidar"])))
+
+
 def _layerwise(model: onnx.ModelProto, graph) -> onnx.ModelProto:
     """Every dequantized activation becomes a graph input and every quantized activation
     an output: each layer runs from jaxdepth's own input codes, so one rounding difference

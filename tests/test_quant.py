@@ -57,9 +57,10 @@ def test_per_tensor_weights_have_one_scale_per_channel_weights_one_per_output():
     assert qn.weight_scale(w, per_channel=False).shape == ()
     assert qn.weight_scale(w, per_channel=True).shape == (16,)
     s = qn.weight_scale(w, False)
-    q = np.asarray(qn.fake_quant_weight(w, s) / s)
-    np.testing.assert_allclose(q, np.round(q), atol=1e-4)
-    assert np.abs(np.round(q)).max() == 127
+    q = np.asarray(qn.quantize(w, s, 0.0, qn.WEIGHT_INT8))
+    np.testing.assert_array_equal(q, np.round(q))
+    assert np.abs(q).max() == 127
+    np.testing.assert_allclose(q * float(s), w, atol=float(s) / 2 + 1e-7)
 
 
 def test_aqt_conv_is_exact_integer_conv_with_straight_through_gradient():
@@ -67,23 +68,27 @@ def test_aqt_conv_is_exact_integer_conv_with_straight_through_gradient():
     x = jax.random.uniform(kx, (2, 8, 8, 4), minval=-0.5, maxval=2.0)
     w = jax.random.normal(kw, (3, 3, 4, 5))
     s, zp = qn.activation_qparams(x.min(), x.max(), qn.UINT8)
-    xq = qn.fake_quant(x, s, zp, qn.UINT8)
     ws = qn.weight_scale(w, False)
-    wq = qn.fake_quant_weight(w, ws)
     pad = ((1, 1), (1, 1))
-    out = int8_conv(xq, wq, s, ws, (1, 1), pad)
-    codes_x = np.asarray(jnp.round(xq / s)).astype(np.int64)     # code - zero_point
-    codes_w = np.asarray(jnp.round(wq / ws)).astype(np.int64)
-    acc = jax.lax.conv_general_dilated(jnp.asarray(codes_x, jnp.int32),
-                                       jnp.asarray(codes_w, jnp.int32), (1, 1), pad,
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                       preferred_element_type=jnp.int32)
-    np.testing.assert_allclose(out, np.asarray(acc) * float(s) * float(ws), rtol=1e-5, atol=1e-5)
+
+    def conv(x, w):
+        xq = qn.fake_quant_value(x, s, zp, qn.UINT8)
+        w_codes = qn.quantize(w, ws, 0.0, qn.WEIGHT_INT8)
+        return int8_conv(xq, qn.straight_through(w, w_codes * ws), w_codes, ws, (1, 1), pad)
+
+    acc, out = conv(x, w)
+    codes_x = np.asarray(qn.quantize(x, s, zp, qn.UINT8) - zp).astype(np.int32)
+    codes_w = np.asarray(qn.quantize(w, ws, 0.0, qn.WEIGHT_INT8)).astype(np.int32)
+    want = jax.lax.conv_general_dilated(codes_x, codes_w, (1, 1), pad,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        preferred_element_type=jnp.int32)
+    np.testing.assert_array_equal(np.asarray(acc), np.asarray(want))     # AQT's integers, exactly
+    np.testing.assert_allclose(out, np.asarray(want) * float(s) * float(ws), rtol=1e-6)
 
     def loss(fn, x, w):
         return jnp.sum(jnp.sin(fn(x, w)))
     float_conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    gq = jax.grad(lambda x, w: loss(lambda a, b: int8_conv(a, b, s, ws, (1, 1), pad), x, w), (0, 1))(xq, wq)
+    gq = jax.grad(lambda x, w: loss(lambda a, b: conv(a, b)[1], x, w), (0, 1))(x, w)
     gf = jax.grad(lambda x, w: loss(float_conv, x, w), (0, 1))(x, w)
     for a, b in zip(gq, gf):
         cos = float(jnp.sum(a * b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b)))

@@ -4,7 +4,7 @@ CKPT is a run folder (its best checkpoint), a ``checkpoints/<name>`` folder or a
 folder; it must hold activation ranges (a QAT run, or the ``fp32`` checkpoint with its
 PTQ ranges). DIR receives the integer artifact (``manifest.json`` + ``weights.npz``,
 see docs/export_format.md), ``float_weights.npz`` and the ONNX models
-``model_fp32.onnx`` and ``model_int8_qdq.onnx``.
+``model_fp32.onnx``, ``model_int8_qdq.onnx`` and ``model_int8_integer.onnx``.
 """
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         from jaxdepth.export import onnx as xonnx
 
         for name, model in (("model_fp32.onnx", xonnx.to_fp32(graph, cfg.model.encoding)),
-                            ("model_int8_qdq.onnx", xonnx.to_qdq(graph, cfg.model.encoding))):
+                            ("model_int8_qdq.onnx", xonnx.to_qdq(graph, cfg.model.encoding)),
+                            ("model_int8_integer.onnx", xonnx.to_integer(graph, cfg.model.encoding))):
             (out / name).write_bytes(model.SerializeToString())
             print(f"{name}: {(out / name).stat().st_size:,} bytes")
     print(f"written to {out}")

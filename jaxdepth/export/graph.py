@@ -4,9 +4,10 @@ Running the Flax model with ``Quant(mode="export")`` inside ``record()`` makes e
 block append one ``Node`` instead of computing: its op, the names of its inputs, the
 quantization parameters of its output, and its parameters in two forms, float (BN
 folded, for FP32 runtimes such as ONNX) and integer (int8 weights, int32 biases,
-fixed-point requantization multipliers). The integer parameters are computed by the
-same code and the same numerics as the fake-quant forward, so the integer graph is the
-fake-quant graph by construction.
+fixed-point requantization multipliers). The integer parameters are derived by the
+functions the fake-quant forward uses (``quant.integer_ops``), and that forward computes
+its codes with the integer runtime's own kernels, so the integer graph is the fake-quant
+graph by construction.
 
 Ops (NHWC): ``input_rgb``, ``input_sparse``, ``split``, ``conv``, ``add``, ``fusion``,
 ``concat``, ``max_pool``, ``upsample``, ``sigmoid``. ``docs/export_format.md`` gives each

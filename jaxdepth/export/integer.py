@@ -2,7 +2,8 @@
 
 Activations between layers are stored in their format's integer type (uint8 or int8);
 ops widen to int32 only inside (int8 x int8 products accumulated in int32, fixed-point
-rescaling by ``numerics.requantize``, one rounding half away from zero). The two input
+rescaling by ``numerics.requantize``, one rounding half away from zero). Each op's
+arithmetic is ``quant.integer_ops``, the same kernels the fake-quant forward runs. The two input
 nodes are the only float operations: they normalise the image, encode the LiDAR and
 quantize both, with the fake-quant forward's expressions (``quantize_inputs``).
 Everything after them (``run_codes``) is integer; tests/test_export.py checks the jaxpr.
@@ -23,6 +24,7 @@ import numpy as np
 
 from jaxdepth.export.graph import Graph
 from jaxdepth.models.layers import encode_sparse
+from jaxdepth.quant import integer_ops as iops
 from jaxdepth.quant import numerics as qn
 
 Codes = dict[str, jax.Array]
@@ -75,9 +77,9 @@ def integer_params(graph: Graph) -> Params:
     return {"nodes": nodes, "zero_points": zero_points}
 
 
-def _store(x: jax.Array, fmt: qn.Format, lower: jax.Array | int | None = None) -> jax.Array:
-    """int32 codes -> the format's storage type, saturating at its range."""
-    return jnp.clip(x, fmt.qmin if lower is None else lower, fmt.qmax).astype(_STORAGE[fmt.name])
+def _store(x: jax.Array, fmt: qn.Format) -> jax.Array:
+    """Clamped int32 codes -> the format's storage type."""
+    return x.astype(_STORAGE[fmt.name])
 
 
 def _conv(step: Step, p: dict, x: jax.Array, x_fmt: qn.Format, x_zp, out_zp) -> jax.Array:
@@ -92,32 +94,31 @@ def _conv(step: Step, p: dict, x: jax.Array, x_fmt: qn.Format, x_zp, out_zp) -> 
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                        preferred_element_type=jnp.int32)
     w_sum = jnp.sum(p["weight"].astype(jnp.int32), axis=(0, 1, 2))
-    acc = acc + (offset - x_zp) * w_sum + p["bias"]
-    y = qn.requantize(acc, p["multiplier"], p["shift"]) + out_zp
-    return _store(y, step.fmt, out_zp if step.attr("relu") else None)
+    acc = acc + (offset - x_zp) * w_sum
+    return _store(iops.conv_output(acc, p["bias"], (p["multiplier"], p["shift"]), out_zp, step.fmt,
+                                   step.attr("relu")), step.fmt)
+
+
+def _multipliers(p: dict, n: int) -> list[iops.Multiplier]:
+    return [(p[f"input{i}_multiplier"], p[f"input{i}_shift"]) for i in range(n)]
 
 
 def _sum(step: Step, p: dict, xs: list[jax.Array], zps: list, out_zp) -> jax.Array:
     """add / fusion: inputs (times int8 coefficients) shifted left, rescaled to a common
     scale, summed, rescaled to the output, plus bias codes and the zero point."""
-    total = jnp.int32(0)
+    terms = []
     for i, (x, zp) in enumerate(zip(xs, zps)):
         term = x.astype(jnp.int32) - zp
-        if f"coeff{i}" in p:
-            term = term * p[f"coeff{i}"].astype(jnp.int32)
-        total = total + qn.requantize(jnp.left_shift(term, step.attr("left_shift")),
-                                      p[f"input{i}_multiplier"], p[f"input{i}_shift"])
-    y = qn.requantize(total, p["output_multiplier"], p["output_shift"]) + out_zp
-    if "bias" in p:
-        y = y + p["bias"]
-    return _store(y, step.fmt, out_zp if step.attr("relu") else None)
+        terms.append(term * p[f"coeff{i}"].astype(jnp.int32) if f"coeff{i}" in p else term)
+    y = iops.sum_output(terms, step.attr("left_shift"), _multipliers(p, len(xs)),
+                        (p["output_multiplier"], p["output_shift"]), out_zp, step.fmt,
+                        bool(step.attr("relu")), p.get("bias"))
+    return _store(y, step.fmt)
 
 
 def _concat(step: Step, p: dict, xs: list[jax.Array], zps: list, out_zp) -> jax.Array:
-    parts = [_store(qn.requantize(x.astype(jnp.int32) - zp, p[f"input{i}_multiplier"],
-                                  p[f"input{i}_shift"]) + out_zp, step.fmt)
-             for i, (x, zp) in enumerate(zip(xs, zps))]
-    return jnp.concatenate(parts, axis=-1)
+    terms = [x.astype(jnp.int32) - zp for x, zp in zip(xs, zps)]
+    return _store(iops.concat_output(terms, _multipliers(p, len(xs)), out_zp, step.fmt), step.fmt)
 
 
 def _max_pool(step: Step, x: jax.Array) -> jax.Array:
@@ -145,7 +146,7 @@ def _apply(step: Step, p: dict, xs: list[jax.Array], in_fmts: list[qn.Format], z
         c = step.attr("channel")
         return xs[0][..., c:c + 1]
     if op == "sigmoid":
-        return jnp.take(p["table"], xs[0].astype(jnp.int32) - step.attr("input_qmin"), axis=0)
+        return iops.lookup(p["table"], xs[0], in_fmts[0])
     raise ValueError(f"integer forward: unsupported op {op!r} ({step.name})")
 
 

@@ -1,6 +1,7 @@
-"""ONNX models of an exported graph: FP32 (NPU op set) and INT8 QDQ (jaxdepth's scales).
+"""ONNX models of an exported graph: FP32 (NPU op set), INT8 QDQ (jaxdepth's scales) and
+integer (the export format's integer arithmetic in ONNX integer ops).
 
-Both are NCHW with a free batch dimension. Inputs:
+All are NCHW with a free batch dimension. Inputs of the FP32 and QDQ models:
 
 * ``rgb`` (N, 3, H, W) in [0, 1]; the normalisation (x - mean) / std is in the graph as a
   Mul and an Add by (1, 3, 1, 1) constants.
@@ -8,10 +9,12 @@ Both are NCHW with a free batch dimension. Inputs:
   (``encode_sparse``; 0 where there is no return). The encoding needs a division and a
   comparison, outside the NPU op set, so it runs on the host (``sparse_input``).
 
-Outputs are named after the head channels (``depth_log``; ``int`` and ``frac`` for the
-integer/fraction encoding, split from the 2-channel head), each (N, 1, H, W). The FP32
-model outputs the sigmoid values in [0, 1]; the QDQ model outputs the uint8 head codes
-(value = code / 255), comparable code for code with ``integer.make_integer_forward``.
+The integer model (and the QDQ model with ``code_inputs``) takes the input codes instead
+(``code_feeds``). Outputs are named after the head channels (``depth_log``; ``int`` and
+``frac`` for the integer/fraction encoding, split from the 2-channel head), each
+(N, 1, H, W). The FP32 model outputs the sigmoid values in [0, 1]; the INT8 models output
+the uint8 head codes (value = code / 255), comparable code for code with
+``integer.make_integer_forward``.
 
 The FP32 model uses only Conv (explicit symmetric pads), Relu, MaxPool, Add, Mul,
 Concat, Slice, Split, Resize (nearest, x2) and Sigmoid; no Reshape or Flatten.
@@ -26,6 +29,7 @@ from jaxdepth.export.artifact import head_names
 from jaxdepth.export.graph import Graph, Node
 from jaxdepth.export.integer import integer_params, make_input_codes
 from jaxdepth.models.layers import encode_sparse
+from jaxdepth.quant import numerics as qn
 
 OPSET = 13
 NPU_OPS = frozenset({"Conv", "Relu", "MaxPool", "Add", "Mul", "Concat", "Slice", "Split",
@@ -267,6 +271,126 @@ def to_qdq(graph: Graph, encoding: str, weights: str = "int8", code_inputs: bool
         if n not in graph.outputs:
             dequantize(n, codes)
     return b.model(_outputs(b, graph, encoding, TensorProto.UINT8), "jaxdepth_qdq")
+
+
+class _IntegerBuilder(_Builder):
+    """Integer arithmetic with standard ONNX ops: int64 tensors, exact products."""
+
+    def int64(self, name: str, value) -> str:
+        return self.const(name, np.asarray(value, np.int64))
+
+    def cast(self, x: str, to: int, out: str) -> str:
+        self.node("Cast", [x], [out], f"{out}/cast", to=to)
+        return out
+
+    def centered(self, x: str, zero_point: int, out: str) -> str:
+        """int64 ``code - zero_point`` of a stored tensor."""
+        wide = self.cast(x, TensorProto.INT64, f"{out}/wide")
+        self.node("Sub", [wide, self.int64(f"{out}/zp", zero_point)], [out], f"{out}/sub")
+        return out
+
+    def requantize(self, acc: str, m, shift, out: str) -> str:
+        """``numerics.requantize``: sign(acc) * floor((|acc| * m + 2**(t - 1)) / 2**t),
+        t = 31 + shift (per channel when ``m`` is a vector); |acc| * m < 2**62."""
+        t = qn.MULTIPLIER_BITS + np.asarray(shift, np.int64)
+        shape = (1, -1, 1, 1) if np.ndim(m) else ()
+        const = lambda suffix, v: self.int64(f"{out}/{suffix}", np.reshape(v, shape))
+        for op, ins, res in (("Abs", [acc], "abs"), ("Sign", [acc], "sign"),
+                             ("Mul", [f"{out}/abs", const("m", m)], "prod"),
+                             ("Add", [f"{out}/prod", const("half", np.left_shift(1, t - 1))], "rounded"),
+                             ("Div", [f"{out}/rounded", const("div", np.left_shift(1, t))], "mag")):
+            self.node(op, ins, [f"{out}/{res}"], f"{out}/{res}")
+        self.node("Mul", [f"{out}/sign", f"{out}/mag"], [out], f"{out}/signed")
+        return out
+
+    def store(self, y: str, zero_point: int, fmt: qn.Format, relu: bool, out: str) -> str:
+        """``y`` + zero point, clamped (at the zero point after a ReLU), cast to storage."""
+        lo = zero_point if relu else fmt.qmin
+        self.node("Add", [y, self.int64(f"{out}/out_zp", zero_point)], [f"{out}/shifted"], f"{out}/add_zp")
+        self.node("Max", [f"{out}/shifted", self.int64(f"{out}/lo", lo)], [f"{out}/above"], f"{out}/max")
+        self.node("Min", [f"{out}/above", self.int64(f"{out}/hi", fmt.qmax)], [f"{out}/clamped"], f"{out}/min")
+        return self.cast(f"{out}/clamped", _ELEM[fmt.name], out)
+
+
+def to_integer(graph: Graph, encoding: str) -> onnx.ModelProto:
+    """The integer model: the exported integer arithmetic (``docs/export_format.md``)
+    written with standard ONNX integer ops, for an integer runtime independent of JAX.
+
+    Inputs are the input codes (``code_feeds``: the NPU, too, receives quantized
+    inputs); outputs are the uint8 head codes. Convolutions are ``ConvInteger`` on uint8
+    (int8 codes are stored as code + 128 with a zero point 128 higher, the same integers)
+    after an explicit ``Pad`` with the input's zero point; requantization, sums and clamps
+    are int64 ``Mul``/``Add``/``Div``/``Max``/``Min``, exact for every int32 accumulator;
+    the head's sigmoid is a ``Gather`` from its table.
+    """
+    b = _IntegerBuilder()
+    tensors, head = graph.tensors, _head_tensor(graph, encoding)
+    params = integer_params(graph)
+
+    def as_uint8(t: str, out: str) -> tuple[str, int]:
+        """A stored tensor as uint8 codes and their zero point."""
+        zp = int(tensors[t].zero_point)
+        if tensors[t].fmt.name == "uint8":
+            return t, zp
+        shifted = b.int64(f"{out}/128", 128)
+        b.node("Add", [b.cast(t, TensorProto.INT64, f"{out}/wide"), shifted], [f"{out}/u"], f"{out}/to_u")
+        return b.cast(f"{out}/u", TensorProto.UINT8, out), zp + 128
+
+    for node in graph.nodes:
+        n, a, p = node.name, node.attrs, params["nodes"].get(node.name, {})
+        out = head if n in graph.outputs else n
+        fmt, zp = tensors[n].fmt, int(tensors[n].zero_point)
+        if node.op.startswith("input"):
+            b.input(graph, n, _ELEM[fmt.name])
+        elif node.op != "concat" and _structural(b, node, node.inputs, out):
+            pass
+        elif node.op == "conv":
+            x, x_zp = as_uint8(node.inputs[0], f"{n}/x")
+            pad = a["padding"]
+            b.node("Pad", [x, b.int64(f"{n}/pads", [0, 0, pad, pad, 0, 0, pad, pad]),
+                           b.const(f"{n}/x_zp", np.uint8(x_zp))], [f"{n}/padded"], f"{n}/pad")
+            w = (_oihw(p["weight"]).astype(np.int32) + 128).astype(np.uint8)
+            b.node("ConvInteger", [f"{n}/padded", b.const(f"{n}/w", w), f"{n}/x_zp",
+                                   b.const(f"{n}/w_zp", np.uint8(128))], [f"{n}/acc32"], n,
+                   kernel_shape=[a["kernel"]] * 2, strides=[a["stride"]] * 2)
+            acc = b.cast(f"{n}/acc32", TensorProto.INT64, f"{n}/acc")
+            b.node("Add", [acc, b.int64(f"{n}/bias", _channel(p["bias"]))], [f"{n}/biased"], f"{n}/add_bias")
+            b.requantize(f"{n}/biased", p["multiplier"], p["shift"], f"{n}/y")
+            b.store(f"{n}/y", zp, fmt, a["relu"], out)
+        elif node.op in ("add", "fusion", "concat"):
+            terms = []
+            for i, t in enumerate(node.inputs):
+                term = b.centered(t, int(tensors[t].zero_point), f"{n}/term{i}")
+                if f"coeff{i}" in p:
+                    b.node("Mul", [term, b.int64(f"{n}/coeff{i}", _channel(p[f"coeff{i}"]))],
+                           [f"{n}/weighted{i}"], f"{n}/weighted{i}")
+                    term = f"{n}/weighted{i}"
+                if node.op != "concat":
+                    b.node("Mul", [term, b.int64(f"{n}/lshift{i}", 1 << a["left_shift"])],
+                           [f"{n}/shifted{i}"], f"{n}/lshift{i}")
+                    term = f"{n}/shifted{i}"
+                terms.append(b.requantize(term, p[f"input{i}_multiplier"], p[f"input{i}_shift"],
+                                          f"{n}/rescaled{i}"))
+            if node.op == "concat":
+                parts = [b.store(t, zp, fmt, False, f"{n}/part{i}") for i, t in enumerate(terms)]
+                b.node("Concat", parts, [out], n, axis=1)
+                continue
+            total = terms[0]
+            for i, t in enumerate(terms[1:], 1):
+                b.node("Add", [total, t], [f"{n}/total{i}"], f"{n}/total{i}")
+                total = f"{n}/total{i}"
+            y = b.requantize(total, p["output_multiplier"], p["output_shift"], f"{n}/y")
+            if "bias" in p:
+                b.node("Add", [y, b.int64(f"{n}/bias", _channel(p["bias"]))], [f"{n}/biased"], f"{n}/add_bias")
+                y = f"{n}/biased"
+            b.store(y, zp, fmt, bool(a.get("relu")), out)
+        elif node.op == "sigmoid":
+            x = node.inputs[0]
+            idx = b.centered(x, a["input_qmin"], f"{n}/index")
+            b.node("Gather", [b.const(f"{n}/table", p["table"]), idx], [out], n, axis=0)
+        else:
+            raise ValueError(f"ONNX export: unsupported op {node.op!r} ({n})")
+    return b.model(_outputs(b, graph, encoding, TensorProto.UINT8), "jaxdepth_integer")
 
 
 def sparse_input(lidar: np.ndarray, min_depth: float) -> np.ndarray:

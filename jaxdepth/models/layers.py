@@ -5,13 +5,16 @@ Every block runs in one of four modes (``Quant.mode``):
 * ``float``: plain FP32 (training with BatchNorm batch statistics, evaluation).
 * ``calibrate``: FP32, while each activation observer widens its range to the min/max
   seen (post-training min-max calibration).
-* ``fake``: INT8 simulation. Every tensor the NPU stores in INT8 is fake-quantized with
-  the static range of its observer: conv inputs and (BN-folded) weights, the fusion gate
+* ``fake``: INT8 simulation. Every tensor the NPU stores in INT8 is quantized with the
+  static range of its observer: conv inputs and (BN-folded) weights, the fusion gate
   operands, concat inputs (requantized to the concat's one scale), the head outputs
-  (uint8 over [0, 1]). Convolutions run through AQT (``quant.aqt_conv``). During QAT the
-  observers track an EMA of the batch min/max; otherwise the ranges are frozen.
+  (uint8 over [0, 1]). Convolutions run through AQT (``quant.aqt_conv``). Each block
+  computes its output codes with the NPU's integer arithmetic (``quant.integer_ops``,
+  the integer runtime's own kernels) and passes gradients through the float expression
+  those codes approximate. During QAT the observers track an EMA of the batch min/max;
+  otherwise the ranges are frozen.
 * ``export``: no computation; each block appends its node, with float and integer
-  parameters derived by the same code as ``fake`` mode, to ``export.graph.record()``.
+  parameters derived by the same functions as in ``fake`` mode, to ``export.graph.record()``.
 
 Blocks exchange plain arrays in ``float``/``calibrate`` mode and ``QValue``s (value plus
 its scale and zero point) in ``fake`` mode. The variables are the same in every mode, so
@@ -30,14 +33,12 @@ import numpy as np
 
 from jaxdepth.export import graph as g
 from jaxdepth.export import params as export_params
+from jaxdepth.quant import integer_ops as iops
 from jaxdepth.quant import numerics as qn
 from jaxdepth.quant.aqt_conv import int8_conv
 
 Tensor = Union[jax.Array, qn.QValue, g.SymTensor]
 MODES = ("float", "calibrate", "fake", "export")
-ADD_LEFT_SHIFT = 20      # headroom bits when summing requantized int8 inputs (as TFLite ADD)
-FUSION_LEFT_SHIFT = 15   # gate products are int8 x int8, so fewer bits fit in int32
-BN_EPS = 1e-5
 BN_MOMENTUM = 0.9
 
 
@@ -78,9 +79,8 @@ def _f(x) -> float:
     return float(np.asarray(x))
 
 
-def _rescale_params(real: np.ndarray, prefix: str) -> dict[str, np.ndarray]:
-    m, shift = qn.quantize_multiplier(np.asarray(real, np.float64))
-    return {f"{prefix}multiplier": m, f"{prefix}shift": shift}
+def _zp(x: qn.QValue) -> jax.Array:
+    return x.zero_point.astype(jnp.int32)
 
 
 def same_padding(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -157,40 +157,43 @@ class Conv(nn.Module):
         if self.quant.export:
             stats = (mean.value, var.value) if self.bn else (None, None)
             return self._export(x, k, gamma, beta, *stats, bias)
+        update = train or self.quant.mode == "calibrate"
         if self.quant.fake:
-            k_eff, b_eff = self._folded(k, gamma, beta, mean, var, bias)
-            w_scale = qn.weight_scale(k_eff, self.quant.scheme.per_channel_weights)
-            w_q = qn.fake_quant_weight(k_eff, w_scale)
-            y = int8_conv(x.value, w_q, x.scale, w_scale, strides, pad)
-            y = y + qn.fake_quant_bias(b_eff, x.scale * w_scale)
+            return self._fake(x, k, gamma, beta, mean, var, bias, strides, pad, update)
+        y = jax.lax.conv_general_dilated(value(x), k, strides, pad,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if self.bn:
+            y = self._batch_norm(y, gamma, beta, mean, var, train)
         else:
-            y = jax.lax.conv_general_dilated(
-                value(x), k, strides, pad,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"))
-            if self.bn:
-                y = self._batch_norm(y, gamma, beta, mean, var, train)
-            else:
-                y = y + bias
+            y = y + bias
         if self.relu:
             y = jax.nn.relu(y)
-        return Observer(self.quant, name="out")(y, update=train or self.quant.mode == "calibrate")
+        return Observer(self.quant, name="out")(y, update=update)
 
-    def _folded(self, k, gamma, beta, mean, var, bias) -> tuple[jax.Array, jax.Array]:
-        """Kernel and bias with BatchNorm's running statistics folded in (the NPU's BN)."""
-        if not self.bn:
-            return k, bias
-        inv = gamma * jax.lax.rsqrt(var.value + BN_EPS)
-        return k * inv, beta - mean.value * inv
+    def _fake(self, x: qn.QValue, k, gamma, beta, mean, var, bias, strides, pad,
+              update: bool) -> qn.QValue:
+        """BN folded with its running statistics and the folded kernel quantized (as the
+        NPU does); AQT's accumulator requantized by the integer runtime's arithmetic."""
+        k_eff, b_eff = (iops.fold_batch_norm(k, gamma, beta, mean.value, var.value) if self.bn
+                        else (k, bias))
+        p = iops.conv_params(k_eff, b_eff, x.scale, self.quant.scheme.per_channel_weights)
+        w = qn.straight_through(k_eff, p.weight * p.weight_scale)
+        acc, y = int8_conv(x, w, p.weight, p.weight_scale, strides, pad)
+        y = y + b_eff
+        out = Observer(self.quant, name="out")(jax.nn.relu(y) if self.relu else y, update=update)
+        codes = iops.conv_output(acc.astype(jnp.int32), p.bias.astype(jnp.int32),
+                                 iops.rescale(p.acc_scale, out.scale), _zp(out), out.fmt, self.relu)
+        return out.with_codes(codes)
 
     def _export(self, x: g.SymTensor, k, gamma, beta, mean, var, bias) -> g.SymTensor:
-        """The conv node; BN folding and weight quantization as in ``fake`` mode, computed
-        by ``export.params`` (numpy and a few jitted functions, not eager JAX)."""
-        k_eff, b_eff, int_params, acc_scale = export_params.conv(
-            k, gamma, beta, mean, var, bias, x.scale, self.quant.scheme.per_channel_weights)
+        """The conv node; its parameters derived as in ``fake`` mode, by ``export.params``
+        (the same functions, jitted on padded arrays instead of eager JAX)."""
         out_scale, out_zp = Observer(self.quant, name="out")(None, update=False)
+        k_eff, b_eff, int_params = export_params.conv(
+            k, gamma, beta, mean, var, bias, x.scale, _f(out_scale),
+            self.quant.scheme.per_channel_weights)
         n, h, w, _ = x.shape
         out_shape = (n, -(-h // self.stride), -(-w // self.stride), self.features)
-        int_params.update(_rescale_params(np.asarray(acc_scale, np.float64) / _f(out_scale), ""))
         return g.current().add(
             "conv", g.node_name(self), [x], out_shape, _f(out_scale), _f(out_zp),
             self.quant.scheme.activation,
@@ -207,7 +210,7 @@ class Conv(nn.Module):
                 var.value = BN_MOMENTUM * var.value + (1 - BN_MOMENTUM) * jax.lax.stop_gradient(v)
         else:
             m, v = mean.value, var.value
-        return (y - m) * (gamma * jax.lax.rsqrt(v + BN_EPS)) + beta
+        return (y - m) * (gamma * jax.lax.rsqrt(v + iops.BN_EPS)) + beta
 
 
 class Add(nn.Module):
@@ -220,12 +223,18 @@ class Add(nn.Module):
     def __call__(self, *xs: Tensor, train: bool = False) -> Tensor:
         if self.quant.export:
             scale, zp = Observer(self.quant, name="out")(None, update=False)
-            return _export_sum(self, "add", list(xs), _f(scale), _f(zp), ADD_LEFT_SHIFT,
+            return _export_sum(self, "add", list(xs), _f(scale), _f(zp), iops.ADD_LEFT_SHIFT,
                                {"relu": self.relu})
         y = sum(value(x) for x in xs)
         if self.relu:
             y = jax.nn.relu(y)
-        return Observer(self.quant, name="out")(y, update=train or self.quant.mode == "calibrate")
+        out = Observer(self.quant, name="out")(y, update=train or self.quant.mode == "calibrate")
+        if not self.quant.fake:
+            return out
+        inputs, output = iops.sum_multipliers([x.scale for x in xs], out.scale, iops.ADD_LEFT_SHIFT)
+        codes = iops.sum_output([x.centered() for x in xs], iops.ADD_LEFT_SHIFT, inputs, output,
+                                _zp(out), out.fmt, self.relu)
+        return out.with_codes(codes)
 
 
 class Concat(nn.Module):
@@ -240,19 +249,24 @@ class Concat(nn.Module):
             out_shape = xs[0].shape[:-1] + (sum(x.shape[-1] for x in xs),)
             params: dict[str, np.ndarray] = {}
             for i, x in enumerate(xs):
-                params.update(_rescale_params(np.float64(x.scale) / _f(scale), f"input{i}_"))
+                params.update(export_params.rescale(f"input{i}_", x.scale, _f(scale)))
             return g.current().add("concat", g.node_name(self), list(xs), out_shape, _f(scale),
                                    _f(zp), self.quant.scheme.activation, int_params=params)
         y = jnp.concatenate([value(x) for x in xs], axis=-1)
-        return Observer(self.quant, name="out")(y, update=train or self.quant.mode == "calibrate")
+        out = Observer(self.quant, name="out")(y, update=train or self.quant.mode == "calibrate")
+        if not self.quant.fake:
+            return out
+        codes = iops.concat_output([x.centered() for x in xs],
+                                   [iops.rescale(x.scale, out.scale) for x in xs], _zp(out), out.fmt)
+        return out.with_codes(codes)
 
 
 class Fusion(nn.Module):
     """out = s(w) * rgb + (1 - s(w)) * sparse + b, per channel (s = logistic).
 
-    NPU form: two per-channel constant multiplies and an add. In ``fake`` mode the gate
+    NPU form: two per-channel constant multiplies and an add. Quantized, the gate
     coefficients s(w) and 1 - s(w) are int8 weights (one per-tensor scale each) and ``b``
-    is stored at the output scale.
+    is stored as codes at the output scale.
     """
 
     quant: Quant = FLOAT
@@ -266,24 +280,28 @@ class Fusion(nn.Module):
         if self.quant.export:
             scale, zp = obs(None, update=False)
             gates, bias_codes = export_params.fusion_gates(w, b, _f(scale))
-            (g_rgb, s_rgb, c_rgb), (g_sparse, s_sparse, c_sparse) = gates
-            return _export_sum(self, "fusion", [rgb, sparse], _f(scale), _f(zp), FUSION_LEFT_SHIFT,
-                               {}, coeffs=[c_rgb, c_sparse], coeff_scales=[s_rgb, s_sparse],
-                               bias_codes=bias_codes,
-                               float_params={"gate_rgb": g_rgb, "gate_sparse": g_sparse, "bias": b})
-        g_rgb, g_sparse = jax.nn.sigmoid(w), 1.0 - jax.nn.sigmoid(w)
+            return _export_sum(self, "fusion", [rgb, sparse], _f(scale), _f(zp),
+                               iops.FUSION_LEFT_SHIFT, {}, coeffs=[gt.codes for gt in gates],
+                               coeff_scales=[gt.scale for gt in gates], bias_codes=bias_codes,
+                               float_params={"gate_rgb": gates[0].value,
+                                             "gate_sparse": gates[1].value, "bias": b})
         update = train or self.quant.mode == "calibrate"
         if not self.quant.fake:
-            y = g_rgb * rgb + g_sparse * sparse + b
+            y = jax.nn.sigmoid(w) * rgb + (1.0 - jax.nn.sigmoid(w)) * sparse + b
             return obs(y, update=update)
-        g_rgb = qn.fake_quant_weight(g_rgb, qn.weight_scale(g_rgb, False))
-        g_sparse = qn.fake_quant_weight(g_sparse, qn.weight_scale(g_sparse, False))
+        gates = iops.fusion_gates(w)
+        g_rgb, g_sparse = (qn.straight_through(gt.value, gt.codes * gt.scale) for gt in gates)
         mixed = g_rgb * rgb.value + g_sparse * sparse.value
-        # The observer sees the unquantized-bias sum to set its range, then the bias is
-        # rounded to that output scale (the integer form adds it as a code offset).
-        ranged = obs(mixed + b, update=update)
-        y = mixed + qn.fake_quant_bias(b, ranged.scale)
-        return qn.fake_quant_value(y, ranged.scale, ranged.zero_point, ranged.fmt)
+        # The observer ranges the float sum; the bias is then stored as codes at that output
+        # scale (the integer form adds it after the rescale).
+        out = obs(mixed + b, update=update)
+        bias_codes = iops.fusion_bias(b, out.scale)
+        inputs, output = iops.sum_multipliers([x.scale * gt.scale for x, gt in zip((rgb, sparse), gates)],
+                                              out.scale, iops.FUSION_LEFT_SHIFT)
+        terms = [x.centered() * gt.codes.astype(jnp.int32) for x, gt in zip((rgb, sparse), gates)]
+        codes = iops.sum_output(terms, iops.FUSION_LEFT_SHIFT, inputs, output, _zp(out), out.fmt,
+                                bias=bias_codes.astype(jnp.int32))
+        return out.with_codes(codes)
 
 
 def _export_sum(module: nn.Module, op: str, xs: list[g.SymTensor], scale: float, zp: float,
@@ -297,16 +315,10 @@ def _export_sum(module: nn.Module, op: str, xs: list[g.SymTensor], scale: float,
     ``2 * max(term scales) / 2**left_shift``, summed, rescaled by the output multiplier,
     plus ``bias_codes`` and the output zero point, then clamped (at the zero point for ReLU).
     """
-    term_scales = [np.float64(x.scale) * (np.asarray(cs, np.float64) if coeff_scales else 1.0)
-                   for x, cs in zip(xs, coeff_scales or [None] * len(xs))]
-    twice_max = 2.0 * max(float(np.max(t)) for t in term_scales)
-    params: dict[str, np.ndarray] = {}
-    for i, t in enumerate(term_scales):
-        params.update(_rescale_params(t / twice_max, f"input{i}_"))
-        if coeffs:
-            params[f"coeff{i}"] = np.asarray(coeffs[i])
-            params[f"coeff{i}_scale"] = np.asarray(coeff_scales[i])
-    params.update(_rescale_params(np.float64(twice_max / (2 ** left_shift * scale)), "output_"))
+    params = export_params.sum_multipliers([x.scale for x in xs], coeff_scales, scale, left_shift)
+    for i, (c, cs) in enumerate(zip(coeffs or [], coeff_scales or [])):
+        params[f"coeff{i}"] = np.asarray(c)
+        params[f"coeff{i}_scale"] = np.asarray(cs)
     if bias_codes is not None:
         params["bias"] = np.asarray(bias_codes, np.int32)
     return g.current().add(op, g.node_name(module), xs, xs[0].shape, scale, zp,
@@ -365,18 +377,20 @@ class Head(nn.Module):
         s = jax.nn.sigmoid(value(logits))
         if not self.quant.fake:
             return s
-        scale, zp = qn.fixed_qparams(0.0, 1.0, qn.UINT8)
-        return qn.fake_quant(s, scale, zp, qn.UINT8)
+        scale, zp = qn.fixed_qparams(*iops.HEAD_RANGE, iops.HEAD_FORMAT)
+        out = qn.fake_quant_value(s, scale, zp, iops.HEAD_FORMAT)
+        table = iops.sigmoid_table(logits.fmt, logits.zero_point, logits.scale)
+        return out.with_codes(iops.lookup(table, logits.codes(), logits.fmt)).value
 
 
     def _export(self, logits: g.SymTensor) -> g.SymTensor:
         """A 256-entry table: uint8 output code for every logit code (same functions as fake)."""
         fmt = logits.fmt
         lut = export_params.sigmoid_table(fmt, logits.zero_point, logits.scale)
-        scale, zp = qn.fixed_qparams(0.0, 1.0, qn.UINT8)
+        scale, zp = qn.fixed_qparams(*iops.HEAD_RANGE, iops.HEAD_FORMAT)
         graph = g.current()
         out = graph.add("sigmoid", g.node_name(self), [logits], logits.shape, _f(scale), _f(zp),
-                        qn.UINT8, attrs={"input_qmin": fmt.qmin}, int_params={"table": lut})
+                        iops.HEAD_FORMAT, attrs={"input_qmin": fmt.qmin}, int_params={"table": lut})
         graph.outputs.append(out.name)
         return out
 

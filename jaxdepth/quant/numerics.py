@@ -2,7 +2,8 @@
 
 Fake quantization (training and fake-quant evaluation), post-training calibration, the
 integer export and the integer-only forward all call these functions, so the simulated
-and the integer arithmetic share one definition.
+and the integer arithmetic share one definition. ``integer_ops`` builds each NPU op's
+integer arithmetic from them.
 
 Conventions (TFLite-style affine quantization)::
 
@@ -80,6 +81,16 @@ class QValue:
         """The integer codes the NPU stores (as float32, exact)."""
         return round_half_away(self.value / self.scale) + self.zero_point
 
+    def centered(self) -> jax.Array:
+        """``code - zero_point`` as int32: the integer the NPU's arithmetic works on."""
+        return round_half_away(self.value / self.scale).astype(jnp.int32)
+
+    def with_codes(self, codes: jax.Array) -> "QValue":
+        """This tensor with its value set to the grid point of ``codes`` (int32), keeping
+        the gradient of the current value."""
+        exact = (codes.astype(jnp.float32) - self.zero_point) * self.scale
+        return self.replace(value=straight_through(self.value, exact))
+
 
 _EPS = 1e-8
 
@@ -149,22 +160,17 @@ def weight_scale(w: jax.Array, per_channel: bool) -> jax.Array:
     return jnp.maximum(jax.lax.stop_gradient(absmax) / WEIGHT_INT8.qmax, _EPS)
 
 
-def fake_quant_weight(w: jax.Array, scale: jax.Array) -> jax.Array:
-    return fake_quant(w, scale, jnp.zeros_like(scale), WEIGHT_INT8)
-
-
 @jax.custom_vjp
-def _round_ste(x):
-    return round_half_away(x)
+def straight_through(surrogate: jax.Array, exact: jax.Array) -> jax.Array:
+    """``exact`` in the forward pass, the gradient of ``surrogate`` in the backward pass.
+
+    The fake-quant forward computes each tensor's codes with the integer arithmetic and
+    lets gradients flow through the float expression that those codes approximate.
+    """
+    return exact
 
 
-_round_ste.defvjp(lambda x: (round_half_away(x), None), lambda _, g: (g,))
-
-
-def fake_quant_bias(b: jax.Array, scale: jax.Array) -> jax.Array:
-    """Bias stored as int32 at the accumulator's scale (input scale x weight scale)."""
-    scale = jax.lax.stop_gradient(scale)
-    return _round_ste(b / scale) * scale
+straight_through.defvjp(lambda s, e: (e, None), lambda _, g: (g, jnp.zeros_like(g)))
 
 
 # ----------------------------------------------------------------------------------------
@@ -173,21 +179,17 @@ def fake_quant_bias(b: jax.Array, scale: jax.Array) -> jax.Array:
 MULTIPLIER_BITS = 31
 
 
-def quantize_multiplier(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Represents positive reals as ``m * 2**-(31 + shift)``, m in [2**30, 2**31).
+def quantize_multiplier(real: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Represents positive float32 reals as ``m * 2**-(31 + shift)``, m in [2**30, 2**31).
 
-    ``shift`` is the extra right shift (negative means a left shift), as in TFLite's
-    QuantizeMultiplier but applied with a single rounding (see ``requantize``).
+    Exact: a float32 mantissa has 24 bits, so ``m`` is the mantissa shifted left (its low
+    7 bits are zero). ``shift`` is the extra right shift (negative means a left shift), as
+    in TFLite's QuantizeMultiplier but applied with a single rounding (see ``requantize``).
+    The fake-quant forward calls this in its graph, the exporter jitted: same bits.
     """
-    real = np.asarray(real, np.float64)
-    if np.any(real <= 0):
-        raise ValueError("requantization multipliers must be positive")
-    mant, exp = np.frexp(real)                        # real = mant * 2**exp, mant in [0.5, 1)
-    m = np.round(mant * (1 << MULTIPLIER_BITS)).astype(np.int64)
-    carry = m == (1 << MULTIPLIER_BITS)
-    m = np.where(carry, m // 2, m)
-    exp = exp + carry
-    return m.astype(np.int32), (-exp).astype(np.int32)
+    mant, exp = jnp.frexp(jnp.asarray(real, jnp.float32))     # mant in [0.5, 1)
+    m = (mant * jnp.float32(2 ** MULTIPLIER_BITS)).astype(jnp.int32)
+    return m, (-exp).astype(jnp.int32)
 
 
 def multiplier_value(m: np.ndarray, shift: np.ndarray) -> np.ndarray:
