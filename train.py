@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         trainer = Trainer(cfg, init_from=args.init_from, progress=not args.no_progress)
+        if cfg.quant.qat_steps > 0 and int(trainer.state.step) < cfg.train.steps:
+            trainer.fit(stop_at=cfg.train.steps)        # FP32 results first, then QAT
+            print(f"\nend of the FP32 phase, test split '{cfg.eval.split}':")
+            print(format_table(trainer.test_report()), flush=True)
         trainer.fit()
         rows = trainer.test_report()
     except (ConfigError, DataError, NonFiniteLoss, FileNotFoundError) as e:

@@ -104,13 +104,15 @@ class Trainer:
         self._log({"event": "ptq_calibrated", "step": self.cfg.train.steps,
                    "val_fp32": fp32_val, "val_ptq": ptq_val})
 
-    def fit(self) -> TrainState:
+    def fit(self, stop_at: int | None = None) -> TrainState:
+        """Trains from the current step to ``stop_at`` (default: the end of the run)."""
         cfg = self.cfg
         start = int(self.state.step)
-        if start >= self.total_steps:
+        stop = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
+        if start >= stop:
             return self.state
         batches = self.train_data.iterate(start)
-        bar = tqdm(range(start, self.total_steps), initial=start, total=self.total_steps,
+        bar = tqdm(range(start, stop), initial=start, total=self.total_steps,
                    disable=not self.progress, dynamic_ncols=True, desc="train")
         rate, t_last = None, time.perf_counter()
         for step in bar:
@@ -151,9 +153,9 @@ class Trainer:
         return checkpoint.resolve(self.run_dir)
 
     def test_report(self) -> dict[str, dict]:
-        """Test metrics of the finished run: FP32 (with LiDAR, median-scaled, monocular)
+        """Test metrics of the current state: FP32 (with LiDAR, median-scaled, monocular)
         and, after QAT, the PTQ min-max baseline and the QAT model in FP32 and INT8."""
-        qat = self.cfg.quant.qat_steps > 0
+        qat = int(self.state.step) > self.cfg.train.steps
         fp32_vars = self.ckpts.restore_named("fp32", self.state)[0].variables if qat else None
         rows = self.evaluate.report(self.state.variables, self.cfg.eval.split, int8=qat,
                                     fp32_variables=fp32_vars)

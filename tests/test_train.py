@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_cfg
+from conftest import tiny_cfg, tiny_overrides
 from jaxdepth import checkpoint
 from jaxdepth.config import load_config
 from jaxdepth.trainer import NonFiniteLoss, Trainer
@@ -47,6 +47,21 @@ def test_eval_cli_reproduces_the_training_report(finished_run, tmp_path, capsys)
     assert results["int8 fake-quant"] == pytest.approx(rows["int8 qat"], rel=1e-6)
     assert results["fp32"] == pytest.approx(rows["qat weights in fp32"], rel=1e-6)
     assert "int8 fake-quant" in capsys.readouterr().out
+
+
+def test_train_cli_prints_fp32_results_before_qat_then_the_int8_table(tiny_data, tmp_path, capsys):
+    sys.path.insert(0, str(ROOT))
+    import train as train_cli
+
+    overrides = tiny_overrides(tiny_data, tmp_path / "cli", quant__qat_steps=2)
+    assert train_cli.main([a for o in overrides for a in ("--set", o)] + ["--no-progress"]) == 0
+    out = capsys.readouterr().out
+    fp32_part, final = out.split("end of the FP32 phase", 1)[1].split("\ntest split", 1)
+    assert "fp32 monocular" in fp32_part and "int8" not in fp32_part
+    assert "int8 ptq min-max" in final and "int8 qat" in final
+    row = lambda text: next(l for l in text.splitlines() if l.startswith("fp32 "))
+    assert row(fp32_part) == row(final)          # the same FP32 weights, reported twice
+    assert "evaluate again: python eval.py" in final
 
 
 class Interrupt(Exception):
