@@ -1,5 +1,5 @@
-"""Inference speed of FP32, fake-quant INT8 and integer INT8 (and of the ONNX models in
-onnxruntime), export time and artifact sizes, at the default config's resolution.
+"""Inference speed of FP32, fake-quant INT8 and integer INT8 (and of the three ONNX models
+in onnxruntime), export time and artifact sizes, at the default config's resolution.
 
 Random weights with min-max ranges calibrated on random data: speed and size do not
 depend on the values. Prints a table and one JSON line. Usage:
@@ -57,20 +57,25 @@ def main() -> None:
     heads = {mode: jax.jit(lambda v, r, l, m=build_model(cfg.model, quant_for(cfg, mode)): m.apply(v, r, l)[0])
              for mode in ("float", "fake")}
     params, forward = integer_params(graph), make_integer_forward(graph)
-    fp32_onnx, qdq_onnx = xonnx.to_fp32(graph, cfg.model.encoding), xonnx.to_qdq(graph, cfg.model.encoding)
-    feeds = xonnx.feeds(graph, rgb, lidar)
-    sessions = {k: xonnx.session(m) for k, m in (("onnxruntime fp32", fp32_onnx), ("onnxruntime qdq", qdq_onnx))}
+    onnx_models = {"fp32": xonnx.to_fp32(graph, cfg.model.encoding),
+                   "qdq": xonnx.to_qdq(graph, cfg.model.encoding),
+                   "integer": xonnx.to_integer(graph, cfg.model.encoding)}
+    feeds = {"fp32": xonnx.feeds(graph, rgb, lidar), "qdq": xonnx.feeds(graph, rgb, lidar),
+             "integer": xonnx.code_feeds(graph, rgb, lidar)}
+    sessions = {k: xonnx.session(m) for k, m in onnx_models.items()}
     rows = {
         "fp32": timed(lambda: heads["float"](variables, rgb, lidar).block_until_ready(), args.runs, n),
         "int8 fake-quant": timed(lambda: heads["fake"](variables, rgb, lidar).block_until_ready(), args.runs, n),
         "int8 integer": timed(lambda: forward(params, rgb, lidar).block_until_ready(), args.runs, n),
-        **{k: timed(lambda s=s: s.run(None, feeds), args.runs, n) for k, s in sessions.items()},
+        **{f"onnxruntime {k}": timed(lambda s=s, k=k: s.run(None, feeds[k]), args.runs, n)
+           for k, s in sessions.items()},
     }
     with tempfile.TemporaryDirectory() as tmp:
         sizes = artifact.save(graph, cfg, tmp, used_parameter_count(graph, variables))
-        for name, m in (("fp32_onnx_bytes", fp32_onnx), ("qdq_onnx_bytes", qdq_onnx)):
-            (Path(tmp) / name).write_bytes(m.SerializeToString())
-            sizes[name] = (Path(tmp) / name).stat().st_size
+        for name, m in onnx_models.items():
+            path = Path(tmp) / f"{name}.onnx"
+            path.write_bytes(m.SerializeToString())
+            sizes[f"{name}_onnx_bytes"] = path.stat().st_size
 
     print(f"{cfg.model.encoder} + SAN at {h}x{w}, batch {n}, preset {cfg.quant.preset}; "
           f"export {export_s:.1f} s ({len(graph.nodes)} layers)")
@@ -79,7 +84,7 @@ def main() -> None:
         print(f"{name:<20}{r['batch_s']:>9.3f}{r['images_per_s']:>9.2f}{r['first_call_s']:>12.1f}")
     print(f"integer artifact {sizes['integer_bytes']:,} B = {sizes['ratio']:.3f} x FP32 parameters "
           f"({sizes['fp32_bytes']:,} B); ONNX fp32 {sizes['fp32_onnx_bytes']:,} B, "
-          f"qdq {sizes['qdq_onnx_bytes']:,} B")
+          f"qdq {sizes['qdq_onnx_bytes']:,} B, integer {sizes['integer_onnx_bytes']:,} B")
     print(json.dumps({"bench": "integer", "machine": machine(), "height": h, "width": w, "batch": n,
                       "preset": cfg.quant.preset, "export_s": round(export_s, 2), "results": rows,
                       "sizes": sizes}))
