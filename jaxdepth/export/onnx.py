@@ -283,10 +283,11 @@ class _IntegerBuilder(_Builder):
         self.node("Cast", [x], [out], f"{out}/cast", to=to)
         return out
 
-    def centered(self, x: str, zero_point: int, out: str) -> str:
-        """int64 ``code - zero_point`` of a stored tensor."""
+    def minus(self, x: str, offset: int, out: str) -> str:
+        """int64 ``code - offset`` of a stored tensor (offset: its zero point, or the
+        format's qmin for a table index)."""
         wide = self.cast(x, TensorProto.INT64, f"{out}/wide")
-        self.node("Sub", [wide, self.int64(f"{out}/zp", zero_point)], [out], f"{out}/sub")
+        self.node("Sub", [wide, self.int64(f"{out}/offset", offset)], [out], f"{out}/sub")
         return out
 
     def requantize(self, acc: str, m, shift, out: str) -> str:
@@ -360,7 +361,7 @@ def to_integer(graph: Graph, encoding: str) -> onnx.ModelProto:
         elif node.op in ("add", "fusion", "concat"):
             terms = []
             for i, t in enumerate(node.inputs):
-                term = b.centered(t, int(tensors[t].zero_point), f"{n}/term{i}")
+                term = b.minus(t, int(tensors[t].zero_point), f"{n}/term{i}")
                 if f"coeff{i}" in p:
                     b.node("Mul", [term, b.int64(f"{n}/coeff{i}", _channel(p[f"coeff{i}"]))],
                            [f"{n}/weighted{i}"], f"{n}/weighted{i}")
@@ -385,8 +386,7 @@ def to_integer(graph: Graph, encoding: str) -> onnx.ModelProto:
                 y = f"{n}/biased"
             b.store(y, zp, fmt, bool(a.get("relu")), out)
         elif node.op == "sigmoid":
-            x = node.inputs[0]
-            idx = b.centered(x, a["input_qmin"], f"{n}/index")
+            idx = b.minus(node.inputs[0], a["input_qmin"], f"{n}/index")
             b.node("Gather", [b.const(f"{n}/table", p["table"]), idx], [out], n, axis=0)
         else:
             raise ValueError(f"ONNX export: unsupported op {node.op!r} ({n})")
@@ -410,7 +410,8 @@ def feeds(graph: Graph, rgb: np.ndarray, lidar: np.ndarray | None) -> dict[str, 
 
 
 def code_feeds(graph: Graph, rgb: np.ndarray, lidar: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Inputs of a ``code_inputs=True`` QDQ model: jaxdepth's input codes, NCHW."""
+    """Inputs of the integer model and of a ``code_inputs=True`` QDQ model: jaxdepth's
+    input codes, NCHW."""
     codes = make_input_codes(graph)(integer_params(graph), rgb, lidar)
     return {k: np.ascontiguousarray(np.transpose(np.asarray(v), (0, 3, 1, 2))) for k, v in codes.items()}
 
