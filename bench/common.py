@@ -18,6 +18,18 @@ def bench_args(doc: str, repeats: str = "steps") -> argparse.Namespace:
     return args
 
 
+def run_args(doc: str, target: str) -> argparse.Namespace:
+    """``<target>`` (a run or checkpoint folder, default runs/default) and --split of the
+    benchmarks that evaluate a trained model; sets up JAX."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(target, nargs="?", default="runs/default")
+    parser.add_argument("--split", default="test")
+    args = parser.parse_args()
+    from jaxdepth.cli import setup_jax
+    setup_jax()
+    return args
+
+
 def machine() -> str:
     import jax
     return f"{platform.machine()} {platform.processor() or ''} {jax.device_count()}x {jax.devices()[0].platform}".replace("  ", " ")

@@ -7,21 +7,14 @@ baseline), its best QAT checkpoint the fine-tuned model. Usage:
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from common import machine
-
-from jaxdepth.cli import setup_jax
+from common import machine, run_args
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", nargs="?", default="runs/default")
-    parser.add_argument("--split", default="test")
-    args = parser.parse_args()
-    setup_jax()
+    args = run_args(__doc__, "run_dir")
     from jaxdepth import checkpoint
     from jaxdepth.config import config_from_dict
     from jaxdepth.evaluate import Evaluator, format_table

@@ -11,21 +11,14 @@ Prints a table and one JSON line. Usage:
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
-from common import machine
-
-from jaxdepth.cli import setup_jax
+from common import machine, run_args
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", nargs="?", default="runs/default")
-    parser.add_argument("--split", default="test")
-    args = parser.parse_args()
-    setup_jax()
+    args = run_args(__doc__, "checkpoint")
     import jax
 
     from jaxdepth import checkpoint

@@ -79,7 +79,7 @@ class QValue:
 
     def codes(self) -> jax.Array:
         """The integer codes the NPU stores (as float32, exact)."""
-        return round_half_away(self.value / self.scale) + self.zero_point
+        return self.centered().astype(jnp.float32) + self.zero_point
 
     def centered(self) -> jax.Array:
         """``code - zero_point`` as int32: the integer the NPU's arithmetic works on."""
