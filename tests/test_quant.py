@@ -1,14 +1,17 @@
 """Quantization numerics and the fake-quant (QAT) graph."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdepth.models.layers import Conv, Quant
+from jaxdepth.models.layers import Conv, Quant, ema_range
+from jaxdepth.quant import aqt_backend
+from jaxdepth.quant import integer_ops as iops
 from jaxdepth.quant import numerics as qn
-from jaxdepth.quant.aqt_conv import int8_conv
 
 STRICT = Quant("fake", qn.PRESETS["npu_strict"])
 
@@ -25,6 +28,7 @@ def test_presets():
 def test_activation_range_contains_zero_and_uses_256_codes(fmt):
     x = jnp.linspace(-0.7, 3.1, 10_001)
     scale, zp = qn.activation_qparams(x.min(), x.max(), fmt)
+    assert zp.dtype == jnp.int32
     q = qn.fake_quant(x, scale, zp, fmt)
     assert len(np.unique(np.asarray(q))) <= 256
     codes = np.asarray(qn.quantize(x, scale, zp, fmt))
@@ -33,6 +37,13 @@ def test_activation_range_contains_zero_and_uses_256_codes(fmt):
     if fmt == qn.UINT8:
         assert codes.min() == 0 and codes.max() == 255                      # all codes used
     assert float(jnp.abs(q - x).max()) <= float(scale) / 2 + 1e-6
+
+
+@pytest.mark.parametrize("fmt", [qn.UINT8, qn.INT8])
+def test_a_range_of_width_zero_is_taken_as_unit_range(fmt):
+    scale, zp = qn.activation_qparams(jnp.float32(0.0), jnp.float32(0.0), fmt)
+    assert float(scale) == pytest.approx(1.0 / (fmt.qmax if fmt.symmetric else fmt.levels))
+    assert int(zp) == max(fmt.qmin, 0)
 
 
 def test_post_relu_range_is_unsigned_with_zero_point_0():
@@ -52,47 +63,106 @@ def test_fake_quant_gradient_is_straight_through_inside_range():
     np.testing.assert_array_equal(g, [0.0, 1.0, 1.0, 0.0])
 
 
-def test_per_tensor_weights_have_one_scale_per_channel_weights_one_per_output():
+def test_aqt_quantizes_weights_per_tensor_or_per_output_channel():
     w = jax.random.normal(jax.random.PRNGKey(0), (3, 3, 8, 16))
-    assert qn.weight_scale(w, per_channel=False).shape == ()
-    assert qn.weight_scale(w, per_channel=True).shape == (16,)
-    s = qn.weight_scale(w, False)
-    q = np.asarray(qn.quantize(w, s, 0.0, qn.WEIGHT_INT8))
-    np.testing.assert_array_equal(q, np.round(q))
-    assert np.abs(q).max() == 127
-    np.testing.assert_allclose(q * float(s), w, atol=float(s) / 2 + 1e-7)
+    codes, s = aqt_backend.quantize_weights(w, per_channel=False)
+    assert s.shape == () and codes.dtype == jnp.int32
+    assert float(s) == pytest.approx(float(jnp.abs(w).max()) / 127)
+    assert np.abs(np.asarray(codes)).max() == 127
+    np.testing.assert_allclose(np.asarray(codes) * float(s), w, atol=float(s) / 2 + 1e-7)
+    codes_c, s_c = aqt_backend.quantize_weights(w, per_channel=True)
+    assert s_c.shape == (16,)
+    np.testing.assert_array_equal(np.abs(np.asarray(codes_c)).max(axis=(0, 1, 2)), 127)
+    zero, s0 = aqt_backend.quantize_weights(jnp.zeros((3, 3, 2, 4)), per_channel=False)
+    assert float(s0) == pytest.approx(1 / 127) and not np.asarray(zero).any()     # explicit
 
 
-def test_aqt_conv_is_exact_integer_conv_with_straight_through_gradient():
-    kx, kw = jax.random.split(jax.random.PRNGKey(1))
-    x = jax.random.uniform(kx, (2, 8, 8, 4), minval=-0.5, maxval=2.0)
-    w = jax.random.normal(kw, (3, 3, 4, 5))
-    s, zp = qn.activation_qparams(x.min(), x.max(), qn.UINT8)
-    ws = qn.weight_scale(w, False)
-    pad = ((1, 1), (1, 1))
+def test_aqt_quantizes_inputs_with_a_static_scale_half_to_even():
+    scale, zp = jnp.float32(0.5), jnp.int32(10)
+    x = jnp.array([0.25, 0.75, -0.25, -3.0, -10.0, 1000.0])      # ties at 0.5, 1.5, -0.5
+    codes = aqt_backend.quantize_input(x, scale, zp, qn.UINT8)
+    np.testing.assert_array_equal(codes, [10, 12, 10, 4, 0, 255])
 
-    def conv(x, w):
-        xq = qn.fake_quant_value(x, s, zp, qn.UINT8)
-        w_codes = qn.quantize(w, ws, 0.0, qn.WEIGHT_INT8)
-        return int8_conv(xq, qn.straight_through(w, w_codes * ws), w_codes, ws, (1, 1), pad)
 
-    acc, out = conv(x, w)
-    codes_x = np.asarray(qn.quantize(x, s, zp, qn.UINT8) - zp).astype(np.int32)
-    codes_w = np.asarray(qn.quantize(w, ws, 0.0, qn.WEIGHT_INT8)).astype(np.int32)
-    want = jax.lax.conv_general_dilated(codes_x, codes_w, (1, 1), pad,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        preferred_element_type=jnp.int32)
-    np.testing.assert_array_equal(np.asarray(acc), np.asarray(want))     # AQT's integers, exactly
-    np.testing.assert_allclose(out, np.asarray(want) * float(s) * float(ws), rtol=1e-6)
+def _int_conv_reference(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
+    """int64 convolution, NHWC x HWIO, zero padding (written out, no JAX)."""
+    n, h, wd, c = x.shape
+    kh, kw, _, o = w.shape
+    xp = np.pad(x.astype(np.int64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    ho, wo = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
+    out = np.zeros((n, ho, wo, o), np.int64)
+    for a in range(kh):
+        for b in range(kw):
+            patch = xp[:, a:a + stride * ho:stride, b:b + stride * wo:stride, :]
+            out += np.einsum("nhwc,co->nhwo", patch, w[a, b].astype(np.int64))
+    return out
 
-    def loss(fn, x, w):
-        return jnp.sum(jnp.sin(fn(x, w)))
-    float_conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    gq = jax.grad(lambda x, w: loss(lambda a, b: conv(a, b)[1], x, w), (0, 1))(x, w)
-    gf = jax.grad(lambda x, w: loss(float_conv, x, w), (0, 1))(x, w)
-    for a, b in zip(gq, gf):
-        cos = float(jnp.sum(a * b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b)))
-        assert cos > 0.99 and float(jnp.abs(a).max()) > 0
+
+def test_conv_accumulator_is_exact_beyond_float32_integers():
+    """A 3x3x512 conv at the extreme codes: its sums reach 1.5e8 > 2**24, where one float32
+    convolution (and so AQT 0.9.0's conv, which convolves in the input's float dtype)
+    rounds; the grouped accumulation is exact."""
+    rng = np.random.default_rng(0)
+    sign = rng.choice([-1, 1], size=512)                            # aligned signs: huge sums
+    x = (rng.choice([255, 254, 253], size=(1, 6, 6, 512)) * sign).astype(np.int32)
+    w = (rng.choice([127, 126, 125], size=(3, 3, 512, 4)) * sign[:, None]).astype(np.int32)
+    want = _int_conv_reference(x, w, 1, 1)
+    assert np.abs(want).max() > 2 ** 27
+    got = iops.conv_accumulate(jnp.asarray(x), jnp.asarray(w), (1, 1), ((1, 1), (1, 1)))
+    np.testing.assert_array_equal(np.asarray(got), want)
+    assert iops.accumulator_groups(9, 512, "layer") == 9
+    single = jax.lax.conv_general_dilated(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32),
+                                          (1, 1), ((1, 1), (1, 1)),
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                          precision=jax.lax.Precision.HIGHEST)
+    assert not np.array_equal(np.asarray(single).astype(np.int64), want)   # the test can fail
+
+
+def test_accumulator_overflow_is_refused_naming_the_layer():
+    with pytest.raises(ValueError, match="decoder/wide.*int32 accumulator"):
+        iops.accumulator_groups(9, 60_000, "decoder/wide")
+
+
+def test_aqt_conv_alone_has_no_gradient():
+    """Why the fake-quant conv carries its own straight-through estimator."""
+    from aqt.jax.v2 import aqt_conv_general
+
+    conv = aqt_conv_general.make_conv_general_dilated(
+        aqt_conv_general.conv_general_dilated_make(2, lhs_bits=8, rhs_bits=8))
+    x = jax.random.uniform(jax.random.PRNGKey(0), (1, 8, 8, 4))
+    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4, 5))
+    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    gx, gw = jax.grad(lambda a, b: jnp.sum(conv(a, b, (1, 1), "SAME", dimension_numbers=dn) ** 2),
+                      (0, 1))(x, w)
+    assert not np.asarray(gx).any() and not np.asarray(gw).any()
+
+
+def test_requantize_saturates_instead_of_wrapping():
+    m, shift = qn.quantize_multiplier(jnp.float32(1000.0))      # a left shift of the accumulator
+    acc = jnp.array([2 ** 30, -(2 ** 30), 3, -3], jnp.int32)
+    got = np.asarray(qn.requantize(acc, m, shift))
+    np.testing.assert_array_equal(got, [2 ** 31 - 1, -(2 ** 31 - 1), 3000, -3000])
+
+
+def test_export_checks_name_the_layer_with_a_bad_multiplier():
+    qn.check_multiplier(np.array([2 ** 30, 2 ** 31 - 1]), np.array([0, -31]), "ok")
+    with pytest.raises(ValueError, match="encoder/conv1 .multiplier.*outside"):
+        qn.check_multiplier(np.array([2 ** 30]), np.array([40]), "encoder/conv1 (multiplier)")
+    with pytest.raises(ValueError, match="outside"):
+        qn.check_multiplier(np.array([5]), np.array([0]), "x")
+
+
+def test_ema_range_arithmetic_by_hand():
+    x1, x2 = jnp.array([-1.0, 3.0]), jnp.array([0.5, 1.0])
+    lo, hi = ema_range(jnp.float32(0), jnp.float32(0), jnp.int32(0), x1, 0.9)
+    assert (float(lo), float(hi)) == (-1.0, 3.0)                       # first batch sets it
+    lo, hi = ema_range(lo, hi, jnp.int32(1), x2, 0.9)
+    assert float(lo) == pytest.approx(0.9 * -1.0 + 0.1 * 0.5)           # -0.85
+    assert float(hi) == pytest.approx(0.9 * 3.0 + 0.1 * 1.0)            # 2.8
+    lo, hi = ema_range(jnp.float32(-1), jnp.float32(3), jnp.int32(1), x2, None)
+    assert (float(lo), float(hi)) == (-1.0, 3.0)                       # min-max keeps extremes
+    lo, hi = ema_range(jnp.float32(-1), jnp.float32(3), jnp.int32(2), jnp.array([-2.0, 4.0]), None)
+    assert (float(lo), float(hi)) == (-2.0, 4.0)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +176,7 @@ def conv_layer():
     _, upd = Conv(8, 3, quant=Quant("calibrate")).apply(v, x, mutable=["quant"])
     v = {**v, **upd}
     s, zp = qn.fixed_qparams(0.0, 1.0, qn.UINT8)
-    xq = qn.fake_quant_value(x, s, zp, qn.UINT8)
+    xq = qn.QValue.of(qn.quantize(x, s, zp, qn.UINT8), None, s, zp, qn.UINT8, "x")
     return layer_f, layer_q, v, x, xq
 
 
@@ -131,8 +201,8 @@ def test_fake_quant_output_has_at_most_256_values_and_is_deterministic(conv_laye
     assert len(np.unique(np.asarray(out1.value))) <= 256
     np.testing.assert_array_equal(np.asarray(out1.value), np.asarray(layer_q.apply(v, xq).value))
     np.testing.assert_allclose(np.asarray(out1.value), np.asarray(out2.value), atol=1e-6)
-    codes = np.asarray(out1.codes())
-    np.testing.assert_array_equal(codes, np.round(codes))
+    codes = np.asarray(out1.codes)
+    assert codes.dtype == np.int32
     assert codes.min() >= 0 and codes.max() <= 255
 
 
@@ -190,3 +260,34 @@ def test_ranges_survive_checkpoint_round_trip(finished_run):
     for a, b in zip(flat_s, flat_l):
         np.testing.assert_array_equal(np.asarray(a), b)
     assert checkpoint.has_ranges({"quant": saved})
+
+
+def test_qat_takes_a_share_of_monocular_steps_that_update_only_the_rgb_graph(tiny_data, tmp_path):
+    from conftest import tiny_cfg
+    from jaxdepth.encodings import get_encoding
+    from jaxdepth.models import build_model, quant_for
+    from jaxdepth.quant.calibrate import calibrate
+    from jaxdepth.train_lib import (init_state, make_mesh, make_optimizer, make_train_step,
+                                    monocular_qat_step, replicate, shard_batch)
+    from jaxdepth.data.sources import eval_pipeline
+
+    cfg = tiny_cfg(tiny_data, tmp_path, data__lidar_drop=0.1, quant__qat_steps=100)
+    steps = [s for s in range(cfg.train.steps, cfg.train.steps + 100) if monocular_qat_step(s, cfg)]
+    assert len(steps) == 10 and steps[0] == cfg.train.steps + 9
+    assert not monocular_qat_step(cfg.train.steps - 1, cfg)
+
+    mesh, opt = make_mesh(), make_optimizer(cfg)
+    d = cfg.data
+    state = init_state(build_model(cfg.model), opt, 0, d.height, d.width)
+    batch = next(iter(eval_pipeline(cfg, "calib").epoch(0)))
+    state = replicate(state.replace(quant=calibrate(build_model(cfg.model), state.variables, [batch], True)), mesh)
+    step = make_train_step(build_model(cfg.model, quant_for(cfg, "fake")), get_encoding(cfg.model),
+                           opt, cfg, mesh, qat=True, monocular=True)
+    before = jax.tree.map(np.asarray, state.quant)
+    new, stats = step(state, shard_batch({k: batch[k][:2] for k in ("rgb", "depth", "lidar")}, mesh))
+    assert np.isfinite(float(stats["loss"]))
+    after = jax.tree.map(np.asarray, new.quant)
+    count = lambda tree, *path: int(functools.reduce(lambda t, k: t[k], path, tree)["out"]["count"])
+    assert count(after, "decoder", "upconv0_1") == count(before, "decoder", "upconv0_1") + 1
+    assert count(after, "san", "stage0", "sum") == count(before, "san", "stage0", "sum")
+    assert count(after, "fuse0") == count(before, "fuse0")

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from jaxdepth.config import Config, config_from_dict, to_dict
-from jaxdepth.encodings import get_encoding
-from jaxdepth.export.graph import Graph, Node, SymTensor
+from jaxdepth.encodings import ENCODINGS, get_encoding
+from jaxdepth.export.graph import Graph, Node, TensorSpec
 from jaxdepth.export.integer import storage_dtype
 from jaxdepth.quant import numerics as qn
 
@@ -44,7 +44,7 @@ def _plain(x: Any) -> Any:
     return x.item() if isinstance(x, np.generic) else x
 
 
-def _quant(t: SymTensor) -> dict:
+def _quant(t: TensorSpec) -> dict:
     return {"shape": list(t.shape), "dtype": str(storage_dtype(t.fmt)), "format": t.fmt.name,
             "scale": t.scale, "zero_point": t.zero_point, "qmin": t.fmt.qmin, "qmax": t.fmt.qmax}
 
@@ -94,10 +94,12 @@ def manifest(graph: Graph, cfg: Config, fp32_parameters: int | None = None) -> d
 
 
 def head_names(encoding: str, channels: int) -> tuple[str, ...]:
-    """Names of the head channels: ``depth_log``, ``depth_inverse``, or ``int`` + ``frac``."""
-    if encoding == "intfrac":
-        return ("int", "frac")
-    return (f"depth_{encoding}",) if channels == 1 else tuple(f"{encoding}{i}" for i in range(channels))
+    """Names of the head channels, as the encoding defines them (``depth_log``; ``int``,
+    ``frac``; ``coarse``, ``cos_4m``, ...)."""
+    names = ENCODINGS[encoding]().head_names
+    if len(names) != channels:
+        raise ValueError(f"encoding {encoding!r} has {len(names)} head channels, the graph {channels}")
+    return names
 
 
 
@@ -140,7 +142,7 @@ def load(out_dir: str | Path) -> tuple[Graph, Config]:
     graph = Graph()
     for layer in man["layers"]:
         q = layer["output_quant"]
-        graph.tensors[layer["output"]] = SymTensor(layer["output"], tuple(q["shape"]), q["scale"],
+        graph.tensors[layer["output"]] = TensorSpec(layer["output"], tuple(q["shape"]), q["scale"],
                                                    q["zero_point"], _FORMATS[q["format"]])
         graph.nodes.append(Node(
             layer["op"], layer["name"], list(layer["inputs"]), layer["output"], dict(layer["attrs"]),

@@ -13,11 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdepth.data.sources import eval_pipeline
-from jaxdepth.evaluate import Evaluator, evaluate, pad_batch
+from jaxdepth.encodings import decode_codes
+from jaxdepth.evaluate import Evaluator, make_head_codes, pad_batch
 from jaxdepth.export.exporter import export_graph
 from jaxdepth.export.graph import Graph
 from jaxdepth.export.integer import integer_params, make_integer_forward
-from jaxdepth.metrics import valid_mask
+from jaxdepth.metrics import MetricAccumulator, image_metrics, valid_mask
+from jaxdepth.quant.freeze import freeze
 
 BANDS = ((0.5, 2.0), (2.0, 5.0), (5.0, 10.0), (10.0, 15.0))   # metres of ground truth
 
@@ -43,7 +45,8 @@ def band_name(lo: float, hi: float) -> str:
 
 def compare(evaluator: Evaluator, variables: dict, split: str, graph: Graph | None = None) -> dict:
     """Metrics of the fake-quant and integer forwards, their code agreement and the
-    integer depth's deviation from FP32 on ``split`` (valid ground-truth pixels).
+    integer depth's deviation from FP32 on ``split`` (valid ground-truth pixels), in one
+    pass over the data.
 
     ``graph`` defaults to the export of ``variables`` at the config's resolution. Raises
     ``exporter.ExportError`` when the model cannot be exported.
@@ -54,39 +57,36 @@ def compare(evaluator: Evaluator, variables: dict, split: str, graph: Graph | No
         graph = export_graph(cfg, variables, cfg.data.height, cfg.data.width, use_lidar)
     params = integer_params(graph)
     forward = make_integer_forward(graph)
-    decode = jax.jit(lambda codes: enc.decode(codes.astype(jnp.float32) / 255.0))
-    fake_heads = jax.jit(lambda v, rgb, lidar: evaluator.models["fake"].apply(
-        v, rgb, lidar if use_lidar else None, train=False)[0])
+    decode = jax.jit(lambda codes: decode_codes(enc, codes))
+    fake = evaluator.models["fake"]
+    fake_vars = freeze(fake, variables)
+    fake_codes_of = make_head_codes(fake, use_lidar)
     fp32 = evaluator.predictor("float", use_lidar)
-
-    def batches():
-        return eval_pipeline(cfg, split).epoch(0)
-
-    args = (cfg.eval.batch_size, enc, cfg.eval.garg_crop, False)
-    metrics = {   # both decoded by the same function: the rows differ only by the codes
-        "int8 fake-quant": evaluate(lambda v, rgb, lidar: decode(jnp.rint(fake_heads(v, rgb, lidar) * 255.0)),
-                                    variables, batches(), *args)["metrics"],
-        "int8 integer": evaluate(lambda p, rgb, lidar: decode(forward(p, rgb, lidar)), params,
-                                 batches(), *args)["metrics"],
-    }
+    metric_fn = jax.jit(image_metrics, static_argnums=(2, 3, 4, 5))
+    accumulators = {"int8 fake-quant": MetricAccumulator(), "int8 integer": MetricAccumulator()}
     int_codes, fake_codes, errors, gts = [], [], [], []
     bs = cfg.eval.batch_size
-    for batch in batches():
+    for batch in eval_pipeline(cfg, split).epoch(0):
         n = len(batch["rgb"])
         rgb, lidar = pad_batch(batch["rgb"], bs), pad_batch(batch["lidar"], bs)
         codes = forward(params, rgb, lidar)
+        fake_c = fake_codes_of(fake_vars, rgb, lidar)
+        gt = jnp.asarray(pad_batch(batch["depth"], bs))
+        # both rows decoded by the same function: they differ only by the codes
+        for name, c in (("int8 fake-quant", fake_c), ("int8 integer", codes)):
+            m, ok = metric_fn(decode(c), gt, enc.min_depth, enc.max_depth, cfg.eval.garg_crop, False)
+            accumulators[name].add(np.asarray(m)[:n], np.asarray(ok)[:n])
         int_codes.append(np.asarray(codes)[:n])
-        fake_codes.append(np.rint(np.asarray(fake_heads(variables, rgb, lidar))[:n] * 255.0))
-        gt = batch["depth"]
-        mask = np.asarray(valid_mask(jnp.asarray(gt), enc.min_depth, enc.max_depth, cfg.eval.garg_crop))
+        fake_codes.append(np.asarray(fake_c)[:n])
+        mask = np.asarray(valid_mask(gt, enc.min_depth, enc.max_depth, cfg.eval.garg_crop))[:n]
         err = np.abs(np.asarray(decode(codes))[:n] - np.asarray(fp32(variables, rgb, lidar))[:n]) * 1000.0
         errors.append(err[mask])
-        gts.append(gt[mask])
+        gts.append(batch["depth"][mask])
     errors_mm, gt_m = np.concatenate(errors), np.concatenate(gts)
     deviation = {"all": deviation_stats(errors_mm)}
     for lo, hi in BANDS:
         deviation[band_name(lo, hi)] = deviation_stats(errors_mm[(gt_m >= lo) & (gt_m < hi)])
-    return {"metrics": metrics,
+    return {"metrics": {name: acc.result() for name, acc in accumulators.items()},
             "agreement": code_agreement(np.concatenate(int_codes), np.concatenate(fake_codes)),
             "deviation_mm": deviation}
 

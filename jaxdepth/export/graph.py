@@ -1,13 +1,10 @@
-"""The exported graph: a layer list recorded from the model itself.
+"""The exported graph: a layer list with integer and float parameters.
 
-Running the Flax model with ``Quant(mode="export")`` inside ``record()`` makes every
-block append one ``Node`` instead of computing: its op, the names of its inputs, the
-quantization parameters of its output, and its parameters in two forms, float (BN
-folded, for FP32 runtimes such as ONNX) and integer (int8 weights, int32 biases,
-fixed-point requantization multipliers). The integer parameters are derived by the
-functions the fake-quant forward uses (``quant.integer_ops``), and that forward computes
-its codes with the integer runtime's own kernels, so the integer graph is the fake-quant
-graph by construction.
+``export.exporter`` builds it from one fake-quant forward: the ops and attributes the
+blocks declare, the tensors they exchange, and the integer parameters they derived
+(``quant.freeze``). Each node carries its parameters in two forms, integer (int8
+weights, int32 biases, fixed-point requantization multipliers, lookup tables) for the
+integer runtime and the NPU, and float (BN folded) for FP32 runtimes such as ONNX.
 
 Ops (NHWC): ``input_rgb``, ``input_sparse``, ``split``, ``conv``, ``add``, ``fusion``,
 ``concat``, ``max_pool``, ``upsample``, ``sigmoid``. ``docs/export_format.md`` gives each
@@ -15,10 +12,8 @@ op's attributes, parameters and integer semantics.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -26,8 +21,8 @@ from jaxdepth.quant.numerics import Format
 
 
 @dataclass
-class SymTensor:
-    """A tensor of the graph being recorded: a name, a shape and its quantization."""
+class TensorSpec:
+    """A tensor of the graph: its name, shape and quantization."""
 
     name: str
     shape: tuple[int, ...]
@@ -50,46 +45,16 @@ class Node:
 @dataclass
 class Graph:
     nodes: list[Node] = field(default_factory=list)
-    tensors: dict[str, SymTensor] = field(default_factory=dict)
+    tensors: dict[str, TensorSpec] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
 
-    def add(self, op: str, name: str, inputs: list[SymTensor], shape: tuple[int, ...],
-            scale: float, zero_point: int, fmt: Format, attrs: dict | None = None,
-            float_params: dict | None = None, int_params: dict | None = None) -> SymTensor:
-        if name in self.tensors:
-            raise ValueError(f"duplicate graph tensor {name!r}")
-        out = SymTensor(name, tuple(int(s) for s in shape), float(scale), int(zero_point), fmt)
-        self.tensors[name] = out
-        self.nodes.append(Node(op, name, [t.name for t in inputs], name, attrs or {},
-                               {k: np.asarray(v) for k, v in (float_params or {}).items()},
-                               {k: np.asarray(v) for k, v in (int_params or {}).items()}))
-        if op.startswith("input"):
-            self.inputs.append(name)
-        return out
-
-
-_CURRENT: contextvars.ContextVar[Graph | None] = contextvars.ContextVar("graph", default=None)
-
-
-@contextlib.contextmanager
-def record() -> Iterator[Graph]:
-    """Collects the nodes appended by blocks running in ``export`` mode."""
-    graph = Graph()
-    token = _CURRENT.set(graph)
-    try:
-        yield graph
-    finally:
-        _CURRENT.reset(token)
-
-
-def current() -> Graph:
-    graph = _CURRENT.get()
-    if graph is None:
-        raise RuntimeError("export-mode blocks must run inside jaxdepth.export.graph.record()")
-    return graph
-
-
-def node_name(module) -> str:
-    """A module's path, e.g. ``encoder/layer1_0/conv1``."""
-    return "/".join(module.scope.path)
+    def add(self, node: Node, out: TensorSpec) -> None:
+        if out.name in self.tensors:
+            raise ValueError(f"duplicate graph tensor {out.name!r}")
+        self.tensors[out.name] = out
+        self.nodes.append(node)
+        if node.op.startswith("input"):
+            self.inputs.append(out.name)
+        if node.op == "sigmoid":
+            self.outputs.append(out.name)

@@ -5,8 +5,9 @@ ops widen to int32 only inside (int8 x int8 products accumulated in int32, fixed
 rescaling by ``numerics.requantize``, one rounding half away from zero). Each op's
 arithmetic is ``quant.integer_ops``, the same kernels the fake-quant forward runs. The two input
 nodes are the only float operations: they normalise the image, encode the LiDAR and
-quantize both, with the fake-quant forward's expressions (``quantize_inputs``).
-Everything after them (``run_codes``) is integer; tests/test_export.py checks the jaxpr.
+quantize both by calling the compiled function the fake-quant evaluation calls
+(``models.layers.input_codes``). Everything after them (``run_codes``) is integer;
+tests/test_export.py checks the jaxpr.
 
 The graph's structure (ops, attributes, formats) is static; weights, multipliers and
 zero points are arguments, so every calibration of one architecture shares one XLA
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdepth.export.graph import Graph
-from jaxdepth.models.layers import encode_sparse
+from jaxdepth.models.layers import input_codes
 from jaxdepth.quant import integer_ops as iops
 from jaxdepth.quant import numerics as qn
 
@@ -51,10 +52,9 @@ class Step:
 
 @dataclass(frozen=True)
 class Program:
-    """The static part of a graph: its steps in order, input scales, and the output."""
+    """The static part of a graph: its steps in order and the output."""
 
     steps: tuple[Step, ...]
-    input_scales: tuple[tuple[str, float], ...]
     output: str
 
     @classmethod
@@ -63,8 +63,7 @@ class Program:
             raise ValueError(f"expected one head output, the graph has {graph.outputs}")
         steps = tuple(Step(n.op, n.output, tuple(n.inputs), tuple(sorted(n.attrs.items())),
                            graph.tensors[n.output].fmt) for n in graph.nodes)
-        scales = tuple((name, graph.tensors[name].scale) for name in graph.inputs)
-        return cls(steps, scales, graph.outputs[0])
+        return cls(steps, graph.outputs[0])
 
 
 def integer_params(graph: Graph) -> Params:
@@ -121,13 +120,6 @@ def _concat(step: Step, p: dict, xs: list[jax.Array], zps: list, out_zp) -> jax.
     return _store(iops.concat_output(terms, _multipliers(p, len(xs)), out_zp, step.fmt), step.fmt)
 
 
-def _max_pool(step: Step, x: jax.Array) -> jax.Array:
-    """Max over windows; the padding holds qmin, which never wins (a -inf)."""
-    w, s, pad = step.attr("window"), step.attr("stride"), step.attr("padding")
-    return jax.lax.reduce_window(x, np.array(step.fmt.qmin, x.dtype), jax.lax.max, (1, w, w, 1),
-                                 (1, s, s, 1), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-
-
 def _apply(step: Step, p: dict, xs: list[jax.Array], in_fmts: list[qn.Format], zps: list,
            out_zp) -> jax.Array:
     op = step.op
@@ -138,10 +130,10 @@ def _apply(step: Step, p: dict, xs: list[jax.Array], in_fmts: list[qn.Format], z
     if op == "concat":
         return _concat(step, p, xs, zps, out_zp)
     if op == "max_pool":
-        return _max_pool(step, xs[0])
+        return iops.max_pool(xs[0], step.attr("window"), step.attr("stride"), step.attr("padding"),
+                             step.fmt)
     if op == "upsample":
-        f = step.attr("factor")
-        return jnp.repeat(jnp.repeat(xs[0], f, axis=1), f, axis=2)
+        return iops.upsample(xs[0], step.attr("factor"))
     if op == "split":
         c = step.attr("channel")
         return xs[0][..., c:c + 1]
@@ -150,21 +142,17 @@ def _apply(step: Step, p: dict, xs: list[jax.Array], in_fmts: list[qn.Format], z
     raise ValueError(f"integer forward: unsupported op {op!r} ({step.name})")
 
 
-def quantize_inputs(program: Program, zero_points: dict, rgb: jax.Array,
-                    lidar: jax.Array | None) -> Codes:
+def quantize_inputs(program: Program, rgb: jax.Array, lidar: jax.Array | None) -> Codes:
     """The float prologue: (B, H, W, 3) image in [0, 1] and (B, H, W) LiDAR metres (0 = no
-    return) to input codes, with the fake-quant forward's expressions."""
-    scales = dict(program.input_scales)
-    codes = {}
-    for step in program.steps:
-        if step.op == "input_rgb":
-            x = (rgb - step.attr("mean")) / step.attr("std")
-        elif step.op == "input_sparse":
-            x = encode_sparse(lidar, step.attr("min_depth"))
-        else:
-            continue
-        zp = zero_points[step.name].astype(jnp.float32)
-        codes[step.name] = qn.quantize(x, scales[step.name], zp, step.fmt).astype(_STORAGE[step.fmt.name])
+    return) to input codes, by ``models.layers.input_codes``, the computation fake-quant
+    evaluation uses, so both start from the same codes."""
+    steps = {s.op: s for s in program.steps if s.op.startswith("input")}
+    rgb_step, sparse_step = steps["input_rgb"], steps.get("input_sparse")
+    q_rgb, q_sparse = input_codes(rgb, None if sparse_step is None else lidar, rgb_step.fmt,
+                                  sparse_step.attr("min_depth") if sparse_step else 0.0)
+    codes = {rgb_step.name: q_rgb.codes.astype(_STORAGE[rgb_step.fmt.name])}
+    if sparse_step is not None:
+        codes[sparse_step.name] = q_sparse.codes.astype(_STORAGE[sparse_step.fmt.name])
     return codes
 
 
@@ -182,34 +170,31 @@ def run_codes(program: Program, params: Params, inputs: Codes) -> Codes:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _run(program: Program, every: bool, params: Params, rgb: jax.Array,
-         lidar: jax.Array | None):
-    codes = run_codes(program, params, quantize_inputs(program, params["zero_points"], rgb, lidar))
+def _run(program: Program, every: bool, params: Params, inputs: Codes):
+    codes = run_codes(program, params, inputs)
     return codes if every else codes[program.output]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _inputs(program: Program, params: Params, rgb: jax.Array, lidar: jax.Array | None) -> Codes:
-    return quantize_inputs(program, params["zero_points"], rgb, lidar)
+def _forward(program: Program, every: bool, params: Params, rgb: jax.Array,
+             lidar: jax.Array | None):
+    return _run(program, every, params, quantize_inputs(program, rgb, lidar))
 
 
-def make_input_codes(graph: Graph) -> Callable[[Params, jax.Array, jax.Array | None], Codes]:
-    """Jitted ``(params, rgb, lidar) -> {input name: codes}``, bit for bit the integer
-    forward's own inputs (compiled, as there: XLA's float rewrites, e.g. ``x / c`` to
-    ``x * (1 / c)``, change a few codes against op-by-op evaluation)."""
-    return functools.partial(_inputs, Program.of(graph))
+def make_input_codes(graph: Graph) -> Callable[[jax.Array, jax.Array | None], Codes]:
+    """``(rgb, lidar) -> {input name: codes}``, the integer forward's own inputs."""
+    return functools.partial(quantize_inputs, Program.of(graph))
 
 
 def make_integer_forward(graph: Graph) -> Callable[[Params, jax.Array, jax.Array | None], jax.Array]:
-    """Jitted ``(params, rgb, lidar) -> head codes`` uint8 (B, H, W, C), any batch size.
+    """``(params, rgb, lidar) -> head codes`` uint8 (B, H, W, C), any batch size.
 
     ``params`` is ``integer_params(graph)``; a monocular graph ignores ``lidar``.
     Depth in metres is ``encoding.decode(codes / 255)``.
     """
-    return functools.partial(_run, Program.of(graph), False)
+    return functools.partial(_forward, Program.of(graph), False)
 
 
 def make_intermediates(graph: Graph) -> Callable[[Params, jax.Array, jax.Array | None], Codes]:
-    """Jitted ``(params, rgb, lidar) -> {tensor name: codes}``: every layer's output, to
-    find where two implementations start to disagree."""
-    return functools.partial(_run, Program.of(graph), True)
+    """``(params, rgb, lidar) -> {tensor name: codes}``: every layer's output, to find
+    where two implementations start to disagree."""
+    return functools.partial(_forward, Program.of(graph), True)

@@ -412,7 +412,7 @@ def feeds(graph: Graph, rgb: np.ndarray, lidar: np.ndarray | None) -> dict[str, 
 def code_feeds(graph: Graph, rgb: np.ndarray, lidar: np.ndarray | None) -> dict[str, np.ndarray]:
     """Inputs of the integer model and of a ``code_inputs=True`` QDQ model: jaxdepth's
     input codes, NCHW."""
-    codes = make_input_codes(graph)(integer_params(graph), rgb, lidar)
+    codes = make_input_codes(graph)(rgb, lidar)
     return {k: np.ascontiguousarray(np.transpose(np.asarray(v), (0, 3, 1, 2))) for k, v in codes.items()}
 
 

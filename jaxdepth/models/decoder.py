@@ -4,7 +4,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from jaxdepth.models.layers import FLOAT, Concat, Conv, Head, Quant, Tensor, upsample2x
+from jaxdepth.models.layers import FLOAT, Concat, Conv, Head, Quant, Tensor, Upsample, value
 
 
 class DepthDecoder(nn.Module):
@@ -27,10 +27,10 @@ class DepthDecoder(nn.Module):
         x = features[-1]
         for i in range(len(self.channels) - 1, -1, -1):
             x = Conv(self.channels[i], 3, bn=False, quant=self.quant, name=f"upconv{i}_0")(x, train)
-            x = upsample2x(x)
+            x = Upsample(2, name=f"up{i}")(x)
             if i > 0:
                 x = Concat(self.quant, name=f"skip{i}")([x, features[i - 1]], train)
             x = Conv(self.channels[i], 3, bn=False, quant=self.quant, name=f"upconv{i}_1")(x, train)
             if i in scales:
-                heads[i] = Head(self.out_channels, self.quant, name=f"head{i}")(x, train)
+                heads[i] = value(Head(self.out_channels, self.quant, name=f"head{i}")(x, train))
         return [heads[s] for s in sorted(heads)]

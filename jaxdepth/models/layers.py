@@ -1,45 +1,47 @@
 """The building blocks of the network, each aware of how the NPU stores its output.
 
-Every block runs in one of four modes (``Quant.mode``):
+Every block runs in one of three modes (``Quant.mode``):
 
 * ``float``: plain FP32 (training with BatchNorm batch statistics, evaluation).
 * ``calibrate``: FP32, while each activation observer widens its range to the min/max
   seen (post-training min-max calibration).
-* ``fake``: INT8 simulation. Every tensor the NPU stores in INT8 is quantized with the
-  static range of its observer: conv inputs and (BN-folded) weights, the fusion gate
-  operands, concat inputs (requantized to the concat's one scale), the head outputs
-  (uint8 over [0, 1]). Convolutions run through AQT (``quant.aqt_conv``). Each block
-  computes its output codes with the NPU's integer arithmetic (``quant.integer_ops``,
-  the integer runtime's own kernels) and passes gradients through the float expression
-  those codes approximate. During QAT the observers track an EMA of the batch min/max;
-  otherwise the ranges are frozen.
-* ``export``: no computation; each block appends its node, with float and integer
-  parameters derived by the same functions as in ``fake`` mode, to ``export.graph.record()``.
+* ``fake``: INT8 simulation. Blocks exchange ``QValue``s: the integer codes the NPU
+  stores plus their real value. Each block derives its integer parameters (weights
+  quantized by AQT, bias codes, requantization multipliers, lookup tables; see
+  ``quant.integer_ops``) and computes its output codes with the integer kernels, the
+  integer runtime's own; gradients pass through the float expression those codes
+  approximate. During QAT the observers track an EMA of the batch min/max; otherwise the
+  ranges are frozen.
 
-Blocks exchange plain arrays in ``float``/``calibrate`` mode and ``QValue``s (value plus
-its scale and zero point) in ``fake`` mode. The variables are the same in every mode, so
-one checkpoint serves FP32 training, QAT, calibration and export.
+The integer parameters of a block are computed once: when the ``qparams`` collection is
+mutable, the block stores what it derived there; when that collection holds them, the
+block uses them instead of deriving again. ``quant.freeze`` runs that one derivation, and
+fake-quant evaluation and the exporter both read its result, so the exported integer
+model is the fake-quant model by construction. Each block also names its op and
+attributes (``OP``, ``export_attrs``) for the exporter, which watches one fake-quant
+forward (``export.exporter``); the blocks themselves know nothing of export.
+
+The variables are the same in every mode, so one checkpoint serves FP32 training, QAT,
+calibration and export.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Any, Callable, ClassVar, Sequence, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-import numpy as np
-
-from jaxdepth.export import graph as g
-from jaxdepth.export import params as export_params
+from jaxdepth.quant import aqt_backend
 from jaxdepth.quant import integer_ops as iops
 from jaxdepth.quant import numerics as qn
-from jaxdepth.quant.aqt_conv import int8_conv
 
-Tensor = Union[jax.Array, qn.QValue, g.SymTensor]
-MODES = ("float", "calibrate", "fake", "export")
+Tensor = Union[jax.Array, qn.QValue]
+MODES = ("float", "calibrate", "fake")
 BN_MOMENTUM = 0.9
+QPARAMS = "qparams"       # the collection holding each block's derived integer parameters
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,6 @@ class Quant:
     def fake(self) -> bool:
         return self.mode == "fake"
 
-    @property
-    def export(self) -> bool:
-        return self.mode == "export"
-
 
 FLOAT = Quant()
 
@@ -72,15 +70,12 @@ def value(x: Tensor) -> jax.Array:
 
 
 def shape(x: Tensor) -> tuple[int, ...]:
-    return tuple(x.shape) if isinstance(x, g.SymTensor) else value(x).shape
+    return value(x).shape
 
 
-def _f(x) -> float:
-    return float(np.asarray(x))
-
-
-def _zp(x: qn.QValue) -> jax.Array:
-    return x.zero_point.astype(jnp.int32)
+def path(module: nn.Module) -> str:
+    """A module's path, e.g. ``encoder/layer1_0/conv1``: the name of its output tensor."""
+    return "/".join(module.scope.path)
 
 
 def same_padding(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -89,46 +84,81 @@ def same_padding(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
     return ((p, p), (p, p))
 
 
+def frozen_params(module: nn.Module) -> dict | None:
+    """The block's integer parameters from the ``qparams`` collection, if derived already."""
+    if module.has_variable(QPARAMS, "node"):
+        return module.get_variable(QPARAMS, "node")
+    return None
+
+
+def store_params(module: nn.Module, params: dict) -> None:
+    """Keeps what the block derived, when the caller collects it (``quant.freeze``)."""
+    if module.is_mutable_collection(QPARAMS):
+        module.put_variable(QPARAMS, "node", params)
+
+
 class Observer(nn.Module):
-    """The static range of one activation tensor, and its fake quantization."""
+    """The static range of one activation tensor."""
 
     quant: Quant = FLOAT
 
     @nn.compact
-    def __call__(self, x: jax.Array | None, update: bool) -> Tensor:
+    def __call__(self, x: jax.Array, update: bool) -> tuple[jax.Array, jax.Array] | jax.Array:
+        """Updates the range if ``update``; returns ``x`` (float modes) or the range's
+        (scale, int32 zero point) (``fake``)."""
         lo = self.variable("quant", "lo", lambda: jnp.zeros((), jnp.float32))
         hi = self.variable("quant", "hi", lambda: jnp.zeros((), jnp.float32))
         count = self.variable("quant", "count", lambda: jnp.zeros((), jnp.int32))
-        if self.quant.export:
-            if int(count.value) == 0:
-                raise ValueError(f"activation range of {g.node_name(self)} was never calibrated: "
-                                 "export needs a QAT or calibrated checkpoint")
-            return export_params.activation_qparams(lo.value, hi.value, self.quant.scheme.activation)
-        if self.is_initializing() or not update:
-            pass
-        elif self.quant.mode == "calibrate":
-            stop = jax.lax.stop_gradient(x)
-            first = count.value == 0
-            lo.value = jnp.where(first, stop.min(), jnp.minimum(lo.value, stop.min()))
-            hi.value = jnp.where(first, stop.max(), jnp.maximum(hi.value, stop.max()))
-            count.value = count.value + 1
-        elif self.quant.fake:
-            stop = jax.lax.stop_gradient(x)
-            d = jnp.where(count.value == 0, 0.0, self.quant.ema_decay)
-            lo.value = d * lo.value + (1 - d) * stop.min()
-            hi.value = d * hi.value + (1 - d) * stop.max()
+        if update and self.quant.mode != "float" and not self.is_initializing():
+            lo.value, hi.value = ema_range(lo.value, hi.value, count.value, jax.lax.stop_gradient(x),
+                                           self.quant.ema_decay if self.quant.fake else None)
             count.value = count.value + 1
         if not self.quant.fake:
             return x
-        scale, zp = qn.activation_qparams(lo.value, hi.value, self.quant.scheme.activation)
-        return qn.fake_quant_value(x, scale, zp, self.quant.scheme.activation)
+        return qn.activation_qparams(lo.value, hi.value, self.quant.scheme.activation)
+
+
+def ema_range(lo: jax.Array, hi: jax.Array, count: jax.Array, x: jax.Array,
+              decay: float | None) -> tuple[jax.Array, jax.Array]:
+    """The range after seeing ``x``: the running min/max (calibration, ``decay`` None) or
+    an exponential moving average of the batch min/max (QAT); the first batch sets it."""
+    if decay is None:
+        first = count == 0
+        return (jnp.where(first, x.min(), jnp.minimum(lo, x.min())),
+                jnp.where(first, x.max(), jnp.maximum(hi, x.max())))
+    d = jnp.where(count == 0, 0.0, decay)
+    return d * lo + (1 - d) * x.min(), d * hi + (1 - d) * x.max()
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv_straight_through(x, w, y, strides, padding):
+    return y
+
+
+def _cst_fwd(x, w, y, strides, padding):
+    return y, (x, w)
+
+
+def _cst_bwd(strides, padding, res, g):
+    x, w = res
+    _, vjp = jax.vjp(lambda a, b: _float_conv(a, b, strides, padding), x, w)
+    gx, gw = vjp(g)
+    return gx, gw, jnp.zeros_like(g)
+
+
+_conv_straight_through.defvjp(_cst_fwd, _cst_bwd)
+
+
+def _float_conv(x: jax.Array, w: jax.Array, strides, padding) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, w, strides, padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 class Conv(nn.Module):
     """Conv (+ BatchNorm or bias) (+ ReLU), output stored in INT8.
 
     In ``fake`` mode BatchNorm is folded into the kernel and bias with its running
-    statistics, as the NPU folds it, and the folded kernel is what gets quantized.
+    statistics, as the NPU folds it, and the folded kernel is what AQT quantizes.
     """
 
     features: int
@@ -137,69 +167,59 @@ class Conv(nn.Module):
     bn: bool = True
     relu: bool = True
     quant: Quant = FLOAT
+    OP: ClassVar[str] = "conv"
+
+    def export_attrs(self) -> dict:
+        return {"kernel": self.kernel, "stride": self.stride, "padding": self.kernel // 2,
+                "relu": self.relu}
 
     @nn.compact
     def __call__(self, x: Tensor, train: bool = False) -> Tensor:
         cin = shape(x)[-1]
         k = self.param("kernel", nn.initializers.kaiming_normal(),
                        (self.kernel, self.kernel, cin, self.features))
-        strides = (self.stride, self.stride)
-        pad = same_padding(self.kernel)
         if self.bn:
             gamma = self.param("bn_scale", nn.initializers.ones, (self.features,))
             beta = self.param("bn_bias", nn.initializers.zeros, (self.features,))
             mean = self.variable("batch_stats", "mean", jnp.zeros, (self.features,))
             var = self.variable("batch_stats", "var", jnp.ones, (self.features,))
-            bias = None
         else:
             bias = self.param("bias", nn.initializers.zeros, (self.features,))
-            gamma = beta = mean = var = None
-        if self.quant.export:
-            stats = (mean.value, var.value) if self.bn else (None, None)
-            return self._export(x, k, gamma, beta, *stats, bias)
         update = train or self.quant.mode == "calibrate"
         if self.quant.fake:
-            return self._fake(x, k, gamma, beta, mean, var, bias, strides, pad, update)
-        y = jax.lax.conv_general_dilated(value(x), k, strides, pad,
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        if self.bn:
-            y = self._batch_norm(y, gamma, beta, mean, var, train)
-        else:
-            y = y + bias
+            k_eff, b_eff = (iops.fold_batch_norm(k, gamma, beta, mean.value, var.value) if self.bn
+                            else (k, bias))
+            return self._fake(x, k_eff, b_eff, update)
+        y = _float_conv(value(x), k, (self.stride,) * 2, same_padding(self.kernel))
+        y = self._batch_norm(y, gamma, beta, mean, var, train) if self.bn else y + bias
         if self.relu:
             y = jax.nn.relu(y)
         return Observer(self.quant, name="out")(y, update=update)
 
-    def _fake(self, x: qn.QValue, k, gamma, beta, mean, var, bias, strides, pad,
-              update: bool) -> qn.QValue:
-        """BN folded with its running statistics and the folded kernel quantized (as the
-        NPU does); AQT's accumulator requantized by the integer runtime's arithmetic."""
-        k_eff, b_eff = (iops.fold_batch_norm(k, gamma, beta, mean.value, var.value) if self.bn
-                        else (k, bias))
-        p = iops.conv_params(k_eff, b_eff, x.scale, self.quant.scheme.per_channel_weights)
-        w = qn.straight_through(k_eff, p.weight * p.weight_scale)
-        acc, y = int8_conv(x, w, p.weight, p.weight_scale, strides, pad)
+    def _fake(self, x: qn.QValue, k_eff: jax.Array, b_eff: jax.Array, update: bool) -> qn.QValue:
+        """AQT's weight codes convolved exactly with the input codes, requantized by the
+        integer runtime's arithmetic."""
+        strides, pad = (self.stride,) * 2, same_padding(self.kernel)
+        p = frozen_params(self)
+        if p is None:
+            cp = iops.conv_params(k_eff, b_eff, x.scale, self.quant.scheme.per_channel_weights)
+            p = {"weight": cp.weight, "weight_scale": cp.weight_scale, "bias": cp.bias}
+        acc = iops.conv_accumulate(x.centered(), p["weight"], strides, pad, path(self))
+        w = qn.straight_through(k_eff, p["weight"] * p["weight_scale"])
+        y = _conv_straight_through(x.value, w, acc * (x.scale * p["weight_scale"]), strides, pad)
         y = y + b_eff
-        out = Observer(self.quant, name="out")(jax.nn.relu(y) if self.relu else y, update=update)
-        codes = iops.conv_output(acc.astype(jnp.int32), p.bias.astype(jnp.int32),
-                                 iops.rescale(p.acc_scale, out.scale), _zp(out), out.fmt, self.relu)
-        return out.with_codes(codes)
-
-    def _export(self, x: g.SymTensor, k, gamma, beta, mean, var, bias) -> g.SymTensor:
-        """The conv node; its parameters derived as in ``fake`` mode, by ``export.params``
-        (the same functions, jitted on padded arrays instead of eager JAX)."""
-        out_scale, out_zp = Observer(self.quant, name="out")(None, update=False)
-        k_eff, b_eff, int_params = export_params.conv(
-            k, gamma, beta, mean, var, bias, x.scale, _f(out_scale),
-            self.quant.scheme.per_channel_weights)
-        n, h, w, _ = x.shape
-        out_shape = (n, -(-h // self.stride), -(-w // self.stride), self.features)
-        return g.current().add(
-            "conv", g.node_name(self), [x], out_shape, _f(out_scale), _f(out_zp),
-            self.quant.scheme.activation,
-            attrs={"kernel": self.kernel, "stride": self.stride, "padding": self.kernel // 2,
-                   "relu": self.relu},
-            float_params={"weight": k_eff, "bias": b_eff}, int_params=int_params)
+        if self.relu:
+            y = jax.nn.relu(y)
+        if "multiplier" not in p:
+            scale, zp = Observer(self.quant, name="out")(y, update=update)
+            m, shift = iops.rescale(x.scale * p["weight_scale"], scale)
+            p = {**p, "multiplier": m, "shift": shift, "scale": scale, "zero_point": zp,
+                 "float": {"weight": k_eff, "bias": b_eff}}
+            store_params(self, p)
+        fmt = self.quant.scheme.activation
+        codes = iops.conv_output(acc, p["bias"], (p["multiplier"], p["shift"]), p["zero_point"],
+                                 fmt, self.relu)
+        return qn.QValue.of(codes, y, p["scale"], p["zero_point"], fmt, path(self))
 
     def _batch_norm(self, y, gamma, beta, mean, var, train: bool) -> jax.Array:
         if train:
@@ -213,186 +233,210 @@ class Conv(nn.Module):
         return (y - m) * (gamma * jax.lax.rsqrt(v + iops.BN_EPS)) + beta
 
 
+def _sum_codes(module: nn.Module, terms: Sequence[jax.Array], term_scales: Sequence[jax.Array],
+               y: jax.Array, update: bool, left_shift: int, relu: bool,
+               extra: Callable[[jax.Array], dict] | None = None) -> qn.QValue:
+    """Output of a sum block (add, fusion) from its int32 terms: the observer's range, the
+    TFLite ADD multipliers (derived once) and the integer sum kernel."""
+    fmt = module.quant.scheme.activation
+    p = frozen_params(module)
+    if p is None:
+        scale, zp = Observer(module.quant, name="out")(y, update=update)
+        inputs, output = iops.sum_multipliers(term_scales, scale, left_shift)
+        p = {"scale": scale, "zero_point": zp, "output_multiplier": output[0],
+             "output_shift": output[1], **(extra(scale) if extra else {})}
+        for i, (m, shift) in enumerate(inputs):
+            p.update({f"input{i}_multiplier": m, f"input{i}_shift": shift})
+        store_params(module, p)
+    inputs = [(p[f"input{i}_multiplier"], p[f"input{i}_shift"]) for i in range(len(terms))]
+    codes = iops.sum_output(terms, left_shift, inputs, (p["output_multiplier"], p["output_shift"]),
+                            p["zero_point"], fmt, relu, p.get("bias"))
+    return qn.QValue.of(codes, y, p["scale"], p["zero_point"], fmt, path(module))
+
+
 class Add(nn.Module):
     """Elementwise sum of several tensors (+ ReLU), requantized to one output range."""
 
     relu: bool = False
     quant: Quant = FLOAT
+    OP: ClassVar[str] = "add"
+
+    def export_attrs(self) -> dict:
+        return {"relu": self.relu, "left_shift": iops.ADD_LEFT_SHIFT}
 
     @nn.compact
     def __call__(self, *xs: Tensor, train: bool = False) -> Tensor:
-        if self.quant.export:
-            scale, zp = Observer(self.quant, name="out")(None, update=False)
-            return _export_sum(self, "add", list(xs), _f(scale), _f(zp), iops.ADD_LEFT_SHIFT,
-                               {"relu": self.relu})
         y = sum(value(x) for x in xs)
         if self.relu:
             y = jax.nn.relu(y)
-        out = Observer(self.quant, name="out")(y, update=train or self.quant.mode == "calibrate")
+        update = train or self.quant.mode == "calibrate"
         if not self.quant.fake:
-            return out
-        inputs, output = iops.sum_multipliers([x.scale for x in xs], out.scale, iops.ADD_LEFT_SHIFT)
-        codes = iops.sum_output([x.centered() for x in xs], iops.ADD_LEFT_SHIFT, inputs, output,
-                                _zp(out), out.fmt, self.relu)
-        return out.with_codes(codes)
+            return Observer(self.quant, name="out")(y, update=update)
+        return _sum_codes(self, [x.centered() for x in xs], [x.scale for x in xs], y, update,
+                          iops.ADD_LEFT_SHIFT, self.relu)
 
 
 class Concat(nn.Module):
     """Channel concat; each input is requantized to the output's single scale."""
 
     quant: Quant = FLOAT
+    OP: ClassVar[str] = "concat"
+
+    def export_attrs(self) -> dict:
+        return {}
 
     @nn.compact
     def __call__(self, xs: Sequence[Tensor], train: bool = False) -> Tensor:
-        if self.quant.export:
-            scale, zp = Observer(self.quant, name="out")(None, update=False)
-            out_shape = xs[0].shape[:-1] + (sum(x.shape[-1] for x in xs),)
-            params: dict[str, np.ndarray] = {}
-            for i, x in enumerate(xs):
-                params.update(export_params.rescale(f"input{i}_", x.scale, _f(scale)))
-            return g.current().add("concat", g.node_name(self), list(xs), out_shape, _f(scale),
-                                   _f(zp), self.quant.scheme.activation, int_params=params)
         y = jnp.concatenate([value(x) for x in xs], axis=-1)
-        out = Observer(self.quant, name="out")(y, update=train or self.quant.mode == "calibrate")
+        update = train or self.quant.mode == "calibrate"
         if not self.quant.fake:
-            return out
+            return Observer(self.quant, name="out")(y, update=update)
+        p = frozen_params(self)
+        if p is None:
+            scale, zp = Observer(self.quant, name="out")(y, update=update)
+            p = {"scale": scale, "zero_point": zp}
+            for i, x in enumerate(xs):
+                m, shift = iops.rescale(x.scale, scale)
+                p.update({f"input{i}_multiplier": m, f"input{i}_shift": shift})
+            store_params(self, p)
+        fmt = self.quant.scheme.activation
         codes = iops.concat_output([x.centered() for x in xs],
-                                   [iops.rescale(x.scale, out.scale) for x in xs], _zp(out), out.fmt)
-        return out.with_codes(codes)
+                                   [(p[f"input{i}_multiplier"], p[f"input{i}_shift"]) for i in range(len(xs))],
+                                   p["zero_point"], fmt)
+        return qn.QValue.of(codes, y, p["scale"], p["zero_point"], fmt, path(self))
 
 
 class Fusion(nn.Module):
     """out = s(w) * rgb + (1 - s(w)) * sparse + b, per channel (s = logistic).
 
     NPU form: two per-channel constant multiplies and an add. Quantized, the gate
-    coefficients s(w) and 1 - s(w) are int8 weights (one per-tensor scale each) and ``b``
-    is stored as codes at the output scale.
+    coefficients s(w) and 1 - s(w) are int8 weights (AQT, one per-tensor scale each) and
+    ``b`` is stored as codes at the output scale.
     """
 
     quant: Quant = FLOAT
+    OP: ClassVar[str] = "fusion"
+
+    def export_attrs(self) -> dict:
+        return {"left_shift": iops.FUSION_LEFT_SHIFT}
 
     @nn.compact
     def __call__(self, rgb: Tensor, sparse: Tensor, train: bool = False) -> Tensor:
         c = shape(rgb)[-1]
         w = self.param("gate", nn.initializers.constant(0.5), (c,))
         b = self.param("bias", nn.initializers.zeros, (c,))
-        obs = Observer(self.quant, name="out")
-        if self.quant.export:
-            scale, zp = obs(None, update=False)
-            gates, bias_codes = export_params.fusion_gates(w, b, _f(scale))
-            return _export_sum(self, "fusion", [rgb, sparse], _f(scale), _f(zp),
-                               iops.FUSION_LEFT_SHIFT, {}, coeffs=[gt.codes for gt in gates],
-                               coeff_scales=[gt.scale for gt in gates], bias_codes=bias_codes,
-                               float_params={"gate_rgb": gates[0].value,
-                                             "gate_sparse": gates[1].value, "bias": b})
         update = train or self.quant.mode == "calibrate"
+        gate_rgb, gate_sparse = jax.nn.sigmoid(w), 1.0 - jax.nn.sigmoid(w)
         if not self.quant.fake:
-            y = jax.nn.sigmoid(w) * rgb + (1.0 - jax.nn.sigmoid(w)) * sparse + b
-            return obs(y, update=update)
-        gates = iops.fusion_gates(w)
-        g_rgb, g_sparse = (qn.straight_through(gt.value, gt.codes * gt.scale) for gt in gates)
-        mixed = g_rgb * rgb.value + g_sparse * sparse.value
+            y = gate_rgb * rgb + gate_sparse * sparse + b
+            return Observer(self.quant, name="out")(y, update=update)
+        p = frozen_params(self)
+        if p is None:
+            gates = iops.fusion_gates(w)
+            codes, scales = [gt.codes for gt in gates], [gt.scale for gt in gates]
+        else:
+            codes, scales = [p["coeff0"], p["coeff1"]], [p["coeff0_scale"], p["coeff1_scale"]]
+        g_rgb, g_sparse = (qn.straight_through(g, c * s) for g, c, s in
+                           zip((gate_rgb, gate_sparse), codes, scales))
         # The observer ranges the float sum; the bias is then stored as codes at that output
         # scale (the integer form adds it after the rescale).
-        out = obs(mixed + b, update=update)
-        bias_codes = iops.fusion_bias(b, out.scale)
-        inputs, output = iops.sum_multipliers([x.scale * gt.scale for x, gt in zip((rgb, sparse), gates)],
-                                              out.scale, iops.FUSION_LEFT_SHIFT)
-        terms = [x.centered() * gt.codes.astype(jnp.int32) for x, gt in zip((rgb, sparse), gates)]
-        codes = iops.sum_output(terms, iops.FUSION_LEFT_SHIFT, inputs, output, _zp(out), out.fmt,
-                                bias=bias_codes.astype(jnp.int32))
-        return out.with_codes(codes)
+        y = g_rgb * rgb.value + g_sparse * sparse.value + b
+        terms = [x.centered() * c for x, c in zip((rgb, sparse), codes)]
+        extra = lambda scale: {"coeff0": codes[0], "coeff1": codes[1], "coeff0_scale": scales[0],
+                               "coeff1_scale": scales[1], "bias": iops.fusion_bias(b, scale),
+                               "float": {"gate_rgb": gate_rgb, "gate_sparse": gate_sparse, "bias": b}}
+        return _sum_codes(self, terms, [x.scale * s for x, s in zip((rgb, sparse), scales)], y,
+                          update, iops.FUSION_LEFT_SHIFT, False, extra)
 
 
-def _export_sum(module: nn.Module, op: str, xs: list[g.SymTensor], scale: float, zp: float,
-                left_shift: int, attrs: dict, coeffs: list | None = None,
-                coeff_scales: list | None = None, bias_codes: np.ndarray | None = None,
-                float_params: dict | None = None) -> g.SymTensor:
-    """Node of a sum of requantized inputs (optionally times per-channel int8 coefficients).
-
-    Integer semantics (TFLite ADD): each input's ``(code - zero_point) [* coeff]`` is
-    shifted left by ``left_shift``, rescaled by its multiplier to a common scale
-    ``2 * max(term scales) / 2**left_shift``, summed, rescaled by the output multiplier,
-    plus ``bias_codes`` and the output zero point, then clamped (at the zero point for ReLU).
-    """
-    params = export_params.sum_multipliers([x.scale for x in xs], coeff_scales, scale, left_shift)
-    for i, (c, cs) in enumerate(zip(coeffs or [], coeff_scales or [])):
-        params[f"coeff{i}"] = np.asarray(c)
-        params[f"coeff{i}_scale"] = np.asarray(cs)
-    if bias_codes is not None:
-        params["bias"] = np.asarray(bias_codes, np.int32)
-    return g.current().add(op, g.node_name(module), xs, xs[0].shape, scale, zp,
-                           module.quant.scheme.activation,
-                           attrs={**attrs, "left_shift": left_shift},
-                           float_params=float_params, int_params=params)
-
-
-def max_pool(x: Tensor, window: int, stride: int) -> Tensor:
+class MaxPool(nn.Module):
     """Max pooling with symmetric padding; exact on integer codes, so no requantization."""
-    pad = ((window // 2, window // 2),) * 2 if window % 2 else ((0, 0), (0, 0))
-    if isinstance(x, g.SymTensor):
-        n, h, w, c = x.shape
-        return g.current().add("max_pool", f"{x.name}/max_pool", [x], (n, -(-h // stride), -(-w // stride), c),
-                               x.scale, x.zero_point, x.fmt,
-                               attrs={"window": window, "stride": stride, "padding": pad[0][0]})
-    pool = lambda v: nn.max_pool(v, (window, window), (stride, stride), padding=pad)
-    if isinstance(x, qn.QValue):
-        return x.replace(value=pool(x.value))
-    return pool(x)
+
+    window: int
+    stride: int
+    OP: ClassVar[str] = "max_pool"
+
+    @property
+    def padding(self) -> int:
+        return self.window // 2 if self.window % 2 else 0
+
+    def export_attrs(self) -> dict:
+        return {"window": self.window, "stride": self.stride, "padding": self.padding}
+
+    def __call__(self, x: Tensor) -> Tensor:
+        pad = ((self.padding, self.padding),) * 2
+        pool = lambda v: nn.max_pool(v, (self.window,) * 2, (self.stride,) * 2, padding=pad)
+        if not isinstance(x, qn.QValue):
+            return pool(x)
+        codes = iops.max_pool(x.codes, self.window, self.stride, self.padding, x.fmt)
+        return x.replace(value=pool(x.value), codes=codes, name=path(self))
 
 
-def upsample2x(x: Tensor) -> Tensor:
-    """Nearest-neighbour x2 upsampling; copies codes, so no requantization."""
-    if isinstance(x, g.SymTensor):
-        n, h, w, c = x.shape
-        return g.current().add("upsample", f"{x.name}/upsample", [x], (n, 2 * h, 2 * w, c),
-                               x.scale, x.zero_point, x.fmt, attrs={"factor": 2, "mode": "nearest"})
-    up = lambda v: jnp.repeat(jnp.repeat(v, 2, axis=1), 2, axis=2)
-    if isinstance(x, qn.QValue):
-        return x.replace(value=up(x.value))
-    return up(x)
+class Upsample(nn.Module):
+    """Nearest-neighbour upsampling; copies codes, so no requantization."""
+
+    factor: int = 2
+    OP: ClassVar[str] = "upsample"
+
+    def export_attrs(self) -> dict:
+        return {"factor": self.factor, "mode": "nearest"}
+
+    def __call__(self, x: Tensor) -> Tensor:
+        up = functools.partial(iops.upsample, factor=self.factor)
+        return x.map(up, path(self)) if isinstance(x, qn.QValue) else up(x)
 
 
-def split_channel(x: Tensor, i: int) -> Tensor:
-    """Channel i of x (an NPU Split); codes and quantization parameters unchanged."""
-    if isinstance(x, g.SymTensor):
-        return g.current().add("split", f"{x.name}/split{i}", [x], x.shape[:-1] + (1,), x.scale,
-                               x.zero_point, x.fmt, attrs={"channel": i})
-    if isinstance(x, qn.QValue):
-        return x.replace(value=x.value[..., i:i + 1])
-    return x[..., i:i + 1]
+class Split(nn.Module):
+    """One channel of a tensor (an NPU Split); codes and quantization unchanged."""
+
+    channel: int
+    OP: ClassVar[str] = "split"
+
+    def export_attrs(self) -> dict:
+        return {"channel": self.channel}
+
+    def __call__(self, x: Tensor) -> Tensor:
+        take = lambda v: v[..., self.channel:self.channel + 1]
+        return x.map(take, path(self)) if isinstance(x, qn.QValue) else take(x)
+
+
+class Sigmoid(nn.Module):
+    """The logistic of a head's logits; output uint8 over [0, 1] (scale 1/255).
+
+    Quantized, it is a 256-entry table from logit code to output code.
+    """
+
+    quant: Quant = FLOAT
+    OP: ClassVar[str] = "sigmoid"
+
+    def export_attrs(self) -> dict:
+        return {"input_qmin": self.quant.scheme.activation.qmin}
+
+    @nn.compact
+    def __call__(self, logits: Tensor) -> Tensor:
+        s = jax.nn.sigmoid(value(logits))
+        if not self.quant.fake:
+            return s
+        p = frozen_params(self)
+        if p is None:
+            scale, zp = qn.fixed_qparams(*iops.HEAD_RANGE, iops.HEAD_FORMAT)
+            p = {"table": iops.sigmoid_table(logits.fmt, logits.zero_point, logits.scale),
+                 "scale": scale, "zero_point": zp}
+            store_params(self, p)
+        codes = iops.lookup(p["table"], logits.codes, logits.fmt)
+        return qn.QValue.of(codes, s, p["scale"], p["zero_point"], iops.HEAD_FORMAT, path(self))
 
 
 class Head(nn.Module):
-    """Conv3x3 -> ``channels`` -> sigmoid; output uint8 over [0, 1] (scale 1/255)."""
+    """Conv3x3 -> ``channels`` -> sigmoid."""
 
     channels: int
     quant: Quant = FLOAT
 
     @nn.compact
-    def __call__(self, x: Tensor, train: bool = False) -> jax.Array:
+    def __call__(self, x: Tensor, train: bool = False) -> Tensor:
         logits = Conv(self.channels, 3, bn=False, relu=False, quant=self.quant, name="conv")(x, train)
-        if self.quant.export:
-            return self._export(logits)
-        s = jax.nn.sigmoid(value(logits))
-        if not self.quant.fake:
-            return s
-        scale, zp = qn.fixed_qparams(*iops.HEAD_RANGE, iops.HEAD_FORMAT)
-        out = qn.fake_quant_value(s, scale, zp, iops.HEAD_FORMAT)
-        table = iops.sigmoid_table(logits.fmt, logits.zero_point, logits.scale)
-        return out.with_codes(iops.lookup(table, logits.codes(), logits.fmt)).value
-
-
-    def _export(self, logits: g.SymTensor) -> g.SymTensor:
-        """A 256-entry table: uint8 output code for every logit code (same functions as fake)."""
-        fmt = logits.fmt
-        lut = export_params.sigmoid_table(fmt, logits.zero_point, logits.scale)
-        scale, zp = qn.fixed_qparams(*iops.HEAD_RANGE, iops.HEAD_FORMAT)
-        graph = g.current()
-        out = graph.add("sigmoid", g.node_name(self), [logits], logits.shape, _f(scale), _f(zp),
-                        iops.HEAD_FORMAT, attrs={"input_qmin": fmt.qmin}, int_params={"table": lut})
-        graph.outputs.append(out.name)
-        return out
+        return Sigmoid(self.quant, name="sigmoid")(logits)
 
 
 RGB_MEAN, RGB_STD = 0.45, 0.225
@@ -410,12 +454,37 @@ def encode_sparse(lidar: jax.Array, min_depth: float) -> jax.Array:
     return jnp.stack([inv, valid.astype(jnp.float32)], axis=-1)
 
 
+INPUT_BOUNDS = {"rgb": ((0.0 - RGB_MEAN) / RGB_STD, (1.0 - RGB_MEAN) / RGB_STD),
+                "sparse": (0.0, 1.0)}
+
+
+def quantize_input(kind: str, x: jax.Array, fmt: qn.Format, min_depth: float) -> qn.QValue:
+    """A model input transformed in-graph (``normalize_rgb`` / ``encode_sparse``) and
+    quantized by AQT over its fixed range: the integer model's only float step."""
+    if kind not in INPUT_BOUNDS:
+        raise ValueError(f"unknown input kind {kind!r}; expected one of {sorted(INPUT_BOUNDS)}")
+    scale, zp = qn.fixed_qparams(*INPUT_BOUNDS[kind], fmt)
+    t = normalize_rgb(x) if kind == "rgb" else encode_sparse(x, min_depth)
+    return qn.QValue.of(aqt_backend.quantize_input(t, scale, zp, fmt), None, scale, zp, fmt, kind)
+
+
+_input_codes = jax.jit(quantize_input, static_argnums=(0, 2, 3))
+
+
+def input_codes(rgb: jax.Array, lidar: jax.Array | None, fmt: qn.Format,
+                min_depth: float) -> tuple[qn.QValue, qn.QValue | None]:
+    """The quantized model inputs, by one compiled computation: fake-quant evaluation and
+    the integer runtime both call this, so both start from the same codes on any backend."""
+    sparse = None if lidar is None else _input_codes("sparse", lidar, fmt, min_depth)
+    return _input_codes("rgb", rgb, fmt, 0.0), sparse
+
+
 class Input(nn.Module):
     """A model input: its in-graph transform and its quantization over a fixed range.
 
     ``rgb``: normalised image, range [(0 - mean) / std, (1 - mean) / std].
     ``sparse``: ``encode_sparse`` of the LiDAR depth, range [0, 1].
-    Quantizing the transformed input is the integer graph's only float step.
+    In ``fake`` mode the input may arrive quantized already (``input_codes``).
     """
 
     kind: str
@@ -423,26 +492,28 @@ class Input(nn.Module):
     quant: Quant = FLOAT
 
     @property
-    def bounds(self) -> tuple[float, float]:
-        if self.kind == "rgb":
-            return (0.0 - RGB_MEAN) / RGB_STD, (1.0 - RGB_MEAN) / RGB_STD
-        return 0.0, 1.0
+    def OP(self) -> str:   # noqa: N802 (the exporter reads OP on every block)
+        return f"input_{self.kind}"
 
-    def transform(self, x: jax.Array) -> jax.Array:
-        return normalize_rgb(x) if self.kind == "rgb" else encode_sparse(x, self.min_depth)
+    def export_attrs(self) -> dict:
+        return ({"mean": RGB_MEAN, "std": RGB_STD} if self.kind == "rgb"
+                else {"min_depth": self.min_depth})
 
-    def __call__(self, x) -> Tensor:
-        if self.kind not in ("rgb", "sparse"):
-            raise ValueError(f"unknown input kind {self.kind!r}")
-        fmt = self.quant.scheme.activation
-        scale, zp = qn.fixed_qparams(*self.bounds, fmt)
-        if self.quant.export:
-            n, h, w = x.shape[:3]
-            attrs = ({"mean": RGB_MEAN, "std": RGB_STD} if self.kind == "rgb"
-                     else {"min_depth": self.min_depth})
-            return g.current().add(f"input_{self.kind}", self.kind, [], (n, h, w, 3 if self.kind == "rgb" else 2),
-                                   _f(scale), _f(zp), fmt, attrs=attrs)
-        x = self.transform(x)
+    @nn.compact
+    def __call__(self, x: Tensor) -> Tensor:
         if not self.quant.fake:
-            return x
-        return qn.fake_quant_value(x, scale, zp, fmt)
+            return normalize_rgb(x) if self.kind == "rgb" else encode_sparse(x, self.min_depth)
+        if isinstance(x, qn.QValue):
+            if x.fmt != self.quant.scheme.activation or x.name != self.kind:
+                raise ValueError(f"input {self.kind!r}: got pre-quantized {x.name!r} codes in "
+                                 f"{x.fmt.name}, expected {self.quant.scheme.activation.name}")
+        else:
+            x = quantize_input(self.kind, x, self.quant.scheme.activation, self.min_depth)
+        if frozen_params(self) is None:
+            store_params(self, {"scale": x.scale, "zero_point": x.zero_point})
+        return x
+
+
+def is_block(module: Any) -> bool:
+    """Whether ``module`` is one node of the integer graph (it declares its op)."""
+    return hasattr(type(module), "OP")

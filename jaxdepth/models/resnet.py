@@ -5,7 +5,7 @@ import functools
 
 import flax.linen as nn
 
-from jaxdepth.models.layers import FLOAT, Add, Conv, Input, Quant, Tensor, max_pool, shape
+from jaxdepth.models.layers import FLOAT, Add, Conv, Input, MaxPool, Quant, Tensor, shape
 
 STAGE_SIZES = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 CHANNELS = (64, 64, 128, 256, 512)
@@ -26,8 +26,6 @@ class BasicBlock(nn.Module):
         return Add(relu=True, quant=self.quant, name="add")(y, x, train=train)
 
 
-
-
 class ResNetEncoder(nn.Module):
     """Input normalisation (x - 0.45) / 0.225 inside the model, as in the NPU graph."""
 
@@ -41,7 +39,7 @@ class ResNetEncoder(nn.Module):
         x = Input("rgb", quant=self.quant, name="input")(rgb)
         x = Conv(CHANNELS[0], 7, 2, quant=self.quant, name="conv1")(x, train)
         features = [x]
-        x = max_pool(x, 3, 2)
+        x = MaxPool(3, 2, name="pool")(x)
         for i, blocks in enumerate(STAGE_SIZES[self.depth]):
             for j in range(blocks):
                 stride = 2 if (i > 0 and j == 0) else 1

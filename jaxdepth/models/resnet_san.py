@@ -5,39 +5,37 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdepth.export.graph import SymTensor
 from jaxdepth.models.decoder import DepthDecoder
-from jaxdepth.models.layers import FLOAT, Fusion, Quant, Tensor, value
+from jaxdepth.models.layers import FLOAT, Fusion, Quant, Tensor
 from jaxdepth.models.resnet import ResNetEncoder
 from jaxdepth.models.san import SparseEncoder
+from jaxdepth.quant.numerics import QValue
 
 
 class FiLM(nn.Module):
     """gamma, beta from globally pooled sparse features modulate the scale-0 features.
 
-    FP32 and fake-quant only: the tensor-by-tensor multiply is outside the NPU op set,
-    so the integer export rejects models built with it.
+    FP32 only: the tensor-by-tensor multiply is outside the NPU op set, so it has no
+    INT8 form; a fake-quant model (QAT, INT8 evaluation, export) built with it is refused.
     """
 
     @nn.compact
-    def __call__(self, x: Tensor, sparse: Tensor) -> Tensor:
-        if isinstance(x, SymTensor):
-            raise ValueError("model.film=True cannot be exported: FiLM multiplies two tensors, "
-                             "an op outside the NPU's op set")
-        pooled = value(sparse).mean(axis=(1, 2), keepdims=True)
-        c = value(x).shape[-1]
-        gb = nn.Dense(2 * c, kernel_init=nn.initializers.zeros, name="dense")(pooled)
+    def __call__(self, x: jax.Array, sparse: jax.Array) -> jax.Array:
+        if isinstance(x, QValue):
+            raise ValueError("model.film=True has no INT8 form: FiLM multiplies two tensors, "
+                             "an op outside the NPU's op set; train without FiLM to quantize")
+        pooled = sparse.mean(axis=(1, 2), keepdims=True)
+        gb = nn.Dense(2 * x.shape[-1], kernel_init=nn.initializers.zeros, name="dense")(pooled)
         gamma, beta = jnp.split(gb, 2, axis=-1)
-        y = value(x) * (1.0 + gamma) + beta
-        return x.replace(value=y) if hasattr(x, "value") else y
+        return x * (1.0 + gamma) + beta
 
 
 class ResNetSAN(nn.Module):
     """Depth from RGB, optionally completed with sparse LiDAR.
 
     ``lidar`` None runs the RGB path alone (monocular) with the same weights; a per-sample
-    ``has_lidar`` flag lets one batch mix both, which is how training keeps the monocular
-    path working.
+    ``has_lidar`` flag lets one FP32 batch mix both. In ``fake`` mode ``rgb`` and ``lidar``
+    may be quantized already (``layers.input_codes``); the heads are returned as arrays.
     """
 
     encoder: str = "resnet18"
@@ -52,12 +50,12 @@ class ResNetSAN(nn.Module):
     quant: Quant = FLOAT
 
     @nn.compact
-    def __call__(self, rgb: jax.Array, lidar: jax.Array | None = None, train: bool = False,
+    def __call__(self, rgb: Tensor, lidar: Tensor | None = None, train: bool = False,
                  all_scales: bool = False, has_lidar: jax.Array | None = None) -> list[jax.Array]:
         features = ResNetEncoder(self.encoder, self.quant, name="encoder")(rgb, train)
         if self.sparse and (lidar is not None or self.is_initializing()):
             if lidar is None:
-                lidar = jnp.zeros(rgb.shape[:-1], rgb.dtype)
+                lidar = jnp.zeros(rgb.shape[:-1], jnp.float32)
             sparse = SparseEncoder(self.san_kernels, self.san_path_depths, self.min_depth,
                                    self.quant, name="san")(lidar, train)
             fused = [Fusion(self.quant, name=f"fuse{i}")(f, s, train)
@@ -73,10 +71,9 @@ class ResNetSAN(nn.Module):
 
 def _select(flag: jax.Array, a: Tensor, b: Tensor) -> Tensor:
     """Per-sample choice between two feature maps (training only, FP32)."""
-    f = flag.reshape(-1, 1, 1, 1)
-    if hasattr(a, "value"):
+    if isinstance(a, QValue):
         raise ValueError("per-sample LiDAR dropout is an FP32 training feature")
-    return jnp.where(f, a, b)
+    return jnp.where(flag.reshape(-1, 1, 1, 1), a, b)
 
 
 def build_model(model_cfg, quant: Quant = FLOAT) -> ResNetSAN:

@@ -21,10 +21,9 @@ ReLU), summed. Channels 64, 64, 128, 256, 512 match the RGB encoder scale by sca
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 
-from jaxdepth.models.layers import (FLOAT, Add, Concat, Conv, Input, Quant, Tensor, encode_sparse,
-                                     max_pool, split_channel)
+from jaxdepth.models.layers import (FLOAT, Add, Concat, Conv, Input, MaxPool, Quant, Split, Tensor,
+                                     encode_sparse)
 from jaxdepth.models.resnet import CHANNELS
 
 
@@ -55,14 +54,14 @@ class SparseEncoder(nn.Module):
     quant: Quant = FLOAT
 
     @nn.compact
-    def __call__(self, lidar: jax.Array, train: bool = False) -> list[Tensor]:
+    def __call__(self, lidar: Tensor, train: bool = False) -> list[Tensor]:
         if len(self.kernels) != len(CHANNELS):
             raise ValueError(f"san_kernels needs {len(CHANNELS)} entries, got {self.kernels}")
         x = Input("sparse", self.min_depth, self.quant, name="input")(lidar)
-        x, mask = split_channel(x, 0), split_channel(x, 1)
+        x, mask = Split(0, name="depth")(x), Split(1, name="mask")(x)
         features = []
         for i, (c, k) in enumerate(zip(CHANNELS, self.kernels)):
-            x, mask = max_pool(x, 2, 2), max_pool(mask, 2, 2)
+            x, mask = MaxPool(2, 2, name=f"pool{i}")(x), MaxPool(2, 2, name=f"mask_pool{i}")(mask)
             x = SparseStage(c, k, self.path_depths, self.quant, name=f"stage{i}")(x, mask, train)
             features.append(x)
         return features

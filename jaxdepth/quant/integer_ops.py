@@ -1,19 +1,17 @@
 """The integer arithmetic of every NPU op, and the derivation of its integer parameters.
 
-Three callers share these functions, which is what makes the exported integer model the
-fake-quant model by construction:
+Two callers share these kernels:
 
-* the fake-quant forward (``models.layers`` in ``fake`` mode, i.e. QAT and fake-quant
-  evaluation) derives the parameters in its graph and computes every layer's output codes
-  with the integer kernels below (gradients flow through a float surrogate, see
-  ``numerics.straight_through``);
-* the exporter (``export.params``) derives the same parameters, jitted, from the same
-  float32 inputs;
+* the fake-quant forward (``models.layers``, QAT and fake-quant evaluation) derives each
+  layer's integer parameters once, with the functions below, and computes every layer's
+  output codes with the kernels below (gradients flow through a float surrogate, see
+  ``numerics.straight_through``); the exporter takes the very parameters that forward
+  computed (``export.exporter``);
 * the integer runtime (``export.integer``) runs the same kernels on the exported arrays.
 
-Parameter functions take and return jnp arrays (float32 in, float32 holding exact
-integers or int32 out). Kernels take int32 ``code - zero_point`` values and return int32
-output codes, clamped to the output format (at the zero point after a ReLU).
+Parameter functions take float32 arrays and return float32 scales and int32 codes.
+Kernels take int32 ``code - zero_point`` values and return int32 output codes, clamped to
+the output format (at the zero point after a ReLU).
 """
 from __future__ import annotations
 
@@ -23,6 +21,7 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxdepth.quant import aqt_backend
 from jaxdepth.quant import numerics as qn
 
 BN_EPS = 1e-5
@@ -57,18 +56,57 @@ class ConvParams(NamedTuple):
     """A conv's quantized weights: int8 codes with their scale, and int32 bias codes at
     the accumulator scale (input scale x weight scale)."""
 
-    weight: jax.Array         # int8 codes, as float32
+    weight: jax.Array         # int32 codes in [-127, 127]
     weight_scale: jax.Array   # scalar, or one per output channel
     acc_scale: jax.Array
-    bias: jax.Array           # int32 codes, as float32
+    bias: jax.Array           # int32 codes
 
 
 def conv_params(k: jax.Array, b: jax.Array, x_scale: jax.Array, per_channel: bool) -> ConvParams:
-    """Quantizes a (BN-folded) kernel and bias for inputs of scale ``x_scale``."""
-    w_scale = qn.weight_scale(k, per_channel)
+    """Quantizes a (BN-folded) kernel (by AQT) and its bias for inputs of scale ``x_scale``."""
+    codes, w_scale = aqt_backend.quantize_weights(k, per_channel)
     acc_scale = x_scale * w_scale
-    return ConvParams(qn.quantize(k, w_scale, 0.0, qn.WEIGHT_INT8), w_scale, acc_scale,
-                      qn.round_half_away(b / acc_scale))
+    bias = qn.round_half_away(jax.lax.stop_gradient(b) / acc_scale)
+    return ConvParams(codes, w_scale, acc_scale, bias.astype(jnp.int32))
+
+
+_F32_EXACT = 2 ** 24     # float32 holds every integer below this exactly
+_MAX_PRODUCT = 255 * 127  # |code - zero_point| * |weight code|
+
+
+def accumulator_groups(kernel_size: int, cin: int, name: str) -> int:
+    """How many input-channel groups ``conv_accumulate`` splits a conv into so that no
+    float32 partial sum can reach 2**24; raises ``ValueError`` naming the layer when the
+    int32 accumulator itself could overflow."""
+    if kernel_size * cin * _MAX_PRODUCT >= 2 ** 31:
+        raise ValueError(f"{name}: a {kernel_size}-tap x {cin}-channel conv can overflow the "
+                         "int32 accumulator (255 * 127 per product); split the layer")
+    per_group = max(1, (_F32_EXACT - 1) // (kernel_size * _MAX_PRODUCT))
+    return -(-cin // per_group)
+
+
+def conv_accumulate(x: jax.Array, w: jax.Array, strides: tuple[int, int],
+                    padding: tuple[tuple[int, int], ...], name: str = "conv") -> jax.Array:
+    """The int32 accumulator ``sum((x - zp) * w)`` of int32 ``code - zero_point`` inputs
+    (NHWC; zero padding is the zero point) and int8 weight codes (HWIO), exactly, on any
+    backend.
+
+    Float32 convolutions at HIGHEST precision, one per group of input channels small
+    enough that every partial sum is an integer below 2**24 (``accumulator_groups``): each
+    float32 addition is then exact in any order, and the groups are summed in int32.
+    """
+    kh, kw, cin, _ = w.shape
+    groups = accumulator_groups(kh * kw, cin, name)
+    per = -(-cin // groups)
+    xf, wf = x.astype(jnp.float32), w.astype(jnp.float32)
+    acc = None
+    for lo in range(0, cin, per):
+        part = jax.lax.conv_general_dilated(
+            xf[..., lo:lo + per], wf[:, :, lo:lo + per], strides, padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST)
+        part = part.astype(jnp.int32)
+        acc = part if acc is None else acc + part
+    return acc
 
 
 def conv_output(acc: jax.Array, bias: jax.Array, multiplier: Multiplier, out_zp: jax.Array,
@@ -117,21 +155,21 @@ class Gate(NamedTuple):
 
     value: jax.Array
     scale: jax.Array
-    codes: jax.Array          # as float32
+    codes: jax.Array          # int32
 
 
 def fusion_gates(w: jax.Array) -> tuple[Gate, Gate]:
-    """The gates s(w) (RGB) and 1 - s(w) (sparse) of a fusion, quantized per tensor."""
+    """The gates s(w) (RGB) and 1 - s(w) (sparse) of a fusion, quantized per tensor (AQT)."""
     gates = []
     for g in (jax.nn.sigmoid(w), 1.0 - jax.nn.sigmoid(w)):
-        scale = qn.weight_scale(g, False)
-        gates.append(Gate(g, scale, qn.quantize(g, scale, 0.0, qn.WEIGHT_INT8)))
+        codes, scale = aqt_backend.quantize_weights(g, per_channel=False)
+        gates.append(Gate(g, scale, codes))
     return gates[0], gates[1]
 
 
 def fusion_bias(b: jax.Array, out_scale: jax.Array) -> jax.Array:
-    """The fusion's bias as codes at the output scale (added after the rescale)."""
-    return qn.round_half_away(b / out_scale)
+    """The fusion's bias as int32 codes at the output scale (added after the rescale)."""
+    return qn.round_half_away(jax.lax.stop_gradient(b) / out_scale).astype(jnp.int32)
 
 
 # ---------------------------------------------------------------------------------------
@@ -143,12 +181,27 @@ HEAD_RANGE = (0.0, 1.0)
 
 def sigmoid_table(fmt: qn.Format, zero_point: jax.Array, scale: jax.Array) -> jax.Array:
     """uint8 head code (int32) of the logistic of every input code of ``fmt``."""
-    codes = jnp.arange(fmt.qmin, fmt.qmax + 1, dtype=jnp.float32)
-    s = jax.nn.sigmoid((codes - zero_point) * scale)
+    codes = jnp.arange(fmt.qmin, fmt.qmax + 1, dtype=jnp.int32)
+    s = jax.nn.sigmoid((codes - zero_point).astype(jnp.float32) * scale)
     out_scale, out_zp = qn.fixed_qparams(*HEAD_RANGE, HEAD_FORMAT)
-    return qn.quantize(s, out_scale, out_zp, HEAD_FORMAT).astype(jnp.int32)
+    return qn.quantize(s, out_scale, out_zp, HEAD_FORMAT)
 
 
 def lookup(table: jax.Array, codes: jax.Array, fmt: qn.Format) -> jax.Array:
     """Table entry of each code of format ``fmt`` (a 256-entry NPU lookup)."""
     return jnp.take(table, codes.astype(jnp.int32) - fmt.qmin, axis=0)
+
+
+# ---------------------------------------------------------------------------------------
+# Ops that move codes without arithmetic
+# ---------------------------------------------------------------------------------------
+def max_pool(codes: jax.Array, window: int, stride: int, padding: int, fmt: qn.Format) -> jax.Array:
+    """Max over windows; the padding holds qmin, which never wins (a -inf)."""
+    return jax.lax.reduce_window(codes, jnp.array(fmt.qmin, codes.dtype), jax.lax.max,
+                                 (1, window, window, 1), (1, stride, stride, 1),
+                                 ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+
+def upsample(codes: jax.Array, factor: int) -> jax.Array:
+    """Nearest-neighbour upsampling (NHWC)."""
+    return jnp.repeat(jnp.repeat(codes, factor, axis=1), factor, axis=2)

@@ -1,16 +1,18 @@
 """The one quantizer: every number format, rounding rule and scale used by jaxdepth.
 
-Fake quantization (training and fake-quant evaluation), post-training calibration, the
-integer export and the integer-only forward all call these functions, so the simulated
-and the integer arithmetic share one definition. ``integer_ops`` builds each NPU op's
-integer arithmetic from them.
+The fake-quant forward (training and fake-quant evaluation), post-training calibration,
+the integer export and the integer-only forward all use these definitions;
+``integer_ops`` builds each NPU op's integer arithmetic from them and ``aqt_backend``
+holds what AQT computes.
 
 Conventions (TFLite-style affine quantization)::
 
     real = scale * (code - zero_point),   code in [qmin, qmax]
 
-* Rounding is half away from zero everywhere (``round_half_away``), in the float
-  simulation and in the integer requantization alike.
+* Float to code, where a float tensor enters the integer model (weights, fusion gates,
+  the model inputs): AQT's quantizer, ``x * (1 / scale)`` rounded half to even, clipped.
+* Integer requantization and every parameter jaxdepth derives (bias codes, zero points):
+  rounding half away from zero (``round_half_away``, ``requantize``).
 * Weights: int8 symmetric, codes in [-127, 127], zero point 0, one scale per tensor (the
   NPU's rule) or per output channel.
 * Activations: static per-tensor ranges; asymmetric uint8 (zero point in [0, 255]) or
@@ -43,7 +45,6 @@ class Format:
 
 UINT8 = Format("uint8", 0, 255, symmetric=False)
 INT8 = Format("int8", -128, 127, symmetric=True)
-WEIGHT_INT8 = Format("int8_weight", -127, 127, symmetric=True)
 
 
 @dataclass(frozen=True)
@@ -70,29 +71,40 @@ def get_scheme(name: str) -> Scheme:
 
 @struct.dataclass
 class QValue:
-    """A fake-quantized activation: values on the grid ``scale * (code - zero_point)``."""
+    """An activation of the fake-quant forward: the integer codes the NPU stores, and
+    their real value ``scale * (codes - zero_point)`` carrying the gradient of the float
+    computation those codes approximate (straight-through).
+
+    ``codes`` come from the integer kernels of ``integer_ops`` (or, for a model input,
+    from ``quantize_input``); ``value`` is never turned back into codes. ``name`` names
+    the tensor in an exported graph.
+    """
 
     value: jax.Array
-    scale: jax.Array
-    zero_point: jax.Array
+    codes: jax.Array          # int32, in [fmt.qmin, fmt.qmax]
+    scale: jax.Array          # float32 scalar
+    zero_point: jax.Array     # int32 scalar
     fmt: Format = struct.field(pytree_node=False)
+    name: str = struct.field(pytree_node=False, default="")
 
-    def codes(self) -> jax.Array:
-        """The integer codes the NPU stores (as float32, exact)."""
-        return self.centered().astype(jnp.float32) + self.zero_point
+    @classmethod
+    def of(cls, codes: jax.Array, surrogate: jax.Array | None, scale: jax.Array,
+           zero_point: jax.Array, fmt: Format, name: str) -> "QValue":
+        """The tensor holding ``codes``; its gradient is that of ``surrogate`` fake-quantized
+        (zero where the float value falls outside the range), or none."""
+        exact = (codes - zero_point).astype(jnp.float32) * scale
+        if surrogate is not None:
+            exact = straight_through(fake_quant(surrogate, scale, zero_point, fmt), exact)
+        return cls(exact, codes, scale, zero_point, fmt, name)
 
     def centered(self) -> jax.Array:
-        """``code - zero_point`` as int32: the integer the NPU's arithmetic works on."""
-        return round_half_away(self.value / self.scale).astype(jnp.int32)
+        """``codes - zero_point`` (int32): the integer the NPU's arithmetic works on."""
+        return self.codes - self.zero_point
 
-    def with_codes(self, codes: jax.Array) -> "QValue":
-        """This tensor with its value set to the grid point of ``codes`` (int32), keeping
-        the gradient of the current value."""
-        exact = (codes.astype(jnp.float32) - self.zero_point) * self.scale
-        return self.replace(value=straight_through(self.value, exact))
-
-
-_EPS = 1e-8
+    def map(self, fn, name: str) -> "QValue":
+        """The same codes rearranged by ``fn`` (pooling, upsampling, slicing): value and
+        codes move together, the quantization is unchanged."""
+        return self.replace(value=fn(self.value), codes=fn(self.codes), name=name)
 
 
 def round_half_away(x: jax.Array) -> jax.Array:
@@ -101,15 +113,18 @@ def round_half_away(x: jax.Array) -> jax.Array:
 
 
 def activation_qparams(lo: jax.Array, hi: jax.Array, fmt: Format) -> tuple[jax.Array, jax.Array]:
-    """Scale and zero point of a static range [lo, hi], widened to contain 0."""
+    """Scale (float32) and zero point (int32) of a static range [lo, hi], widened to
+    contain 0. A range of width 0 (a tensor that was 0 on every calibration sample) is
+    taken as [0, 1]: its codes are all the zero point whatever the scale."""
     lo = jnp.minimum(lo, 0.0)
     hi = jnp.maximum(hi, 0.0)
+    hi = jnp.where(hi - lo == 0, 1.0, hi)
     if fmt.symmetric:
-        scale = jnp.maximum(jnp.maximum(-lo, hi) / fmt.qmax, _EPS)
-        return scale, jnp.zeros_like(scale)
-    scale = jnp.maximum((hi - lo) / fmt.levels, _EPS)
+        scale = jnp.maximum(-lo, hi) / fmt.qmax
+        return scale, jnp.zeros(jnp.shape(scale), jnp.int32)
+    scale = (hi - lo) / fmt.levels
     zero_point = jnp.clip(round_half_away(fmt.qmin - lo / scale), fmt.qmin, fmt.qmax)
-    return scale, zero_point
+    return scale, zero_point.astype(jnp.int32)
 
 
 def fixed_qparams(lo: float, hi: float, fmt: Format) -> tuple[jax.Array, jax.Array]:
@@ -118,8 +133,9 @@ def fixed_qparams(lo: float, hi: float, fmt: Format) -> tuple[jax.Array, jax.Arr
 
 
 def quantize(x: jax.Array, scale: jax.Array, zero_point: jax.Array, fmt: Format) -> jax.Array:
-    """Real values to integer codes (returned as float32 holding exact integers)."""
-    return jnp.clip(round_half_away(x / scale) + zero_point, fmt.qmin, fmt.qmax)
+    """Real values to int32 codes, rounding half away from zero."""
+    codes = jnp.clip(round_half_away(x / scale) + zero_point, fmt.qmin, fmt.qmax)
+    return codes.astype(jnp.int32)
 
 
 @jax.custom_vjp
@@ -143,21 +159,11 @@ _fake_quant.defvjp(_fake_quant_fwd, _fake_quant_bwd)
 
 
 def fake_quant(x: jax.Array, scale: jax.Array, zero_point: jax.Array, fmt: Format) -> jax.Array:
-    """quantize then dequantize, with a straight-through gradient inside the range."""
+    """quantize then dequantize, with a straight-through gradient inside the range: the
+    surrogate whose gradient the fake-quant forward's codes carry."""
     scale = jax.lax.stop_gradient(scale)
-    zero_point = jax.lax.stop_gradient(zero_point)
+    zero_point = jax.lax.stop_gradient(zero_point).astype(jnp.float32)
     return _fake_quant(x, scale, zero_point, jnp.float32(fmt.qmin), jnp.float32(fmt.qmax))
-
-
-def fake_quant_value(x: jax.Array, scale: jax.Array, zero_point: jax.Array, fmt: Format) -> QValue:
-    return QValue(fake_quant(x, scale, zero_point, fmt), scale, zero_point, fmt)
-
-
-def weight_scale(w: jax.Array, per_channel: bool) -> jax.Array:
-    """Symmetric int8 weight scale: one per tensor, or one per output channel (last axis)."""
-    axes = tuple(range(w.ndim - 1)) if per_channel else None
-    absmax = jnp.max(jnp.abs(w), axis=axes)
-    return jnp.maximum(jax.lax.stop_gradient(absmax) / WEIGHT_INT8.qmax, _EPS)
 
 
 @jax.custom_vjp
@@ -192,6 +198,20 @@ def quantize_multiplier(real: jax.Array) -> tuple[jax.Array, jax.Array]:
     return m, (-exp).astype(jnp.int32)
 
 
+def check_multiplier(m: np.ndarray, shift: np.ndarray, where: str) -> None:
+    """Raises ``ValueError`` naming ``where`` unless every (m, shift) pair is one that
+    ``requantize`` computes exactly: m in [2**30, 2**31), 0 <= 31 + shift <= 62."""
+    m, shift = np.asarray(m, np.int64), np.asarray(shift, np.int64)
+    bad = (m < 2 ** 30) | (m >= 2 ** 31) | (shift < -MULTIPLIER_BITS) | (shift > 62 - MULTIPLIER_BITS)
+    if bad.any():
+        i = int(np.flatnonzero(bad.ravel())[0])
+        real = multiplier_value(m.ravel()[i], shift.ravel()[i])
+        raise ValueError(f"{where}: requantization multiplier {m.ravel()[i]} * 2**-(31 + "
+                         f"{shift.ravel()[i]}) (= {real:.3g}) is outside what the integer "
+                         "arithmetic represents (a range that is degenerate or far from its "
+                         "neighbours'; recalibrate)")
+
+
 def multiplier_value(m: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """The real number an (m, shift) pair stands for (float64)."""
     return np.asarray(m, np.float64) * np.exp2(-(MULTIPLIER_BITS + np.asarray(shift, np.float64)))
@@ -213,8 +233,8 @@ def requantize(acc: jax.Array, m: jax.Array, shift: jax.Array) -> jax.Array:
     """``round_half_away(acc * m * 2**-(31 + shift))`` in int32 arithmetic only.
 
     The product is formed exactly in 64 bits (as two 32-bit words) and rounded once; the
-    result equals the real-valued rescaling of the accumulator to within that rounding.
-    Requires 0 <= 31 + shift <= 62.
+    result equals the real-valued rescaling of the accumulator to within that rounding,
+    saturated to +-(2**31 - 1). Requires 0 <= 31 + shift <= 62 (``check_multiplier``).
     """
     acc = acc.astype(jnp.int32)
     sign = jnp.where(acc < 0, jnp.int32(-1), jnp.int32(1))
@@ -233,5 +253,9 @@ def requantize(acc: jax.Array, m: jax.Array, shift: jax.Array) -> jax.Array:
     hi_into_lo = jnp.where(total < 32,
                            jnp.where(total == 0, jnp.uint32(0), high << (32 - jnp.clip(total, 1, 31))),
                            high >> (jnp.clip(total, 32, 63) - 32))
-    result = (lo_part | hi_into_lo).astype(jnp.int32)
+    result = lo_part | hi_into_lo
+    # Saturate instead of wrapping: bits of the shifted value above bit 31 are lost above.
+    lost = (total < 32) & ((high >> jnp.minimum(total, 31)) != 0)
+    int32_max = jnp.uint32(2 ** 31 - 1)
+    result = jnp.where(lost | (result > int32_max), int32_max, result).astype(jnp.int32)
     return sign * result
