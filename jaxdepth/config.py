@@ -40,7 +40,12 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
+    format: str = "folder"                     # folder | kitti | nyu (jaxdepth.data.sources)
     root: str = "data/synthetic"
+    raw_root: str = ""                         # kitti: the raw drives (<date>/<drive>/image_0X/data)
+    drives: dict[str, tuple[str, ...]] = field(default_factory=dict)  # kitti: drives of a split
+    frame_step: dict[str, int] = field(default_factory=dict)  # kitti, nyu: every n-th image of a split
+    sparse_samples: int = 500                  # nyu: LiDAR points sampled from the ground truth
     generate: bool = True                      # render the embedded data set if root is empty
     gen_height: int = 96
     gen_width: int = 320
@@ -100,6 +105,84 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+
+
+def _choices() -> dict[str, list[str]]:
+    """Allowed values of the enumerated keys, read from the modules that define them."""
+    from jaxdepth.encodings import ENCODINGS
+    from jaxdepth.models.resnet import STAGE_SIZES
+    from jaxdepth.quant.numerics import PRESETS
+    return {"model.encoder": sorted(STAGE_SIZES), "model.encoding": sorted(ENCODINGS),
+            "quant.preset": sorted(PRESETS), "data.format": ["folder", "kitti", "nyu"]}
+
+
+STRIDE = 32          # the encoder's total downsampling: input sizes must be multiples of it
+SCALES = 5           # encoder scales, hence decoder levels and possible heads
+
+
+def validate(cfg: Config) -> Config:
+    """Checks every value against its allowed set or range, so a bad config fails before
+    any data is rendered or any step is compiled; the message names the key."""
+    for key, allowed in _choices().items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+    m, d, t, e, q = cfg.model, cfg.data, cfg.train, cfg.eval, cfg.quant
+    rules: list[tuple[str, Any, bool, str]] = [
+        ("model.min_depth", m.min_depth, m.min_depth > 0, "> 0"),
+        ("model.max_depth", m.max_depth, m.max_depth > m.min_depth, "> model.min_depth"),
+        ("model.san_kernels", list(m.san_kernels),
+         len(m.san_kernels) == SCALES and all(k >= 1 and k % 2 == 1 for k in m.san_kernels),
+         f"{SCALES} odd kernel sizes"),
+        ("model.san_path_depths", list(m.san_path_depths),
+         len(m.san_path_depths) >= 1 and all(k >= 1 for k in m.san_path_depths),
+         "one or more depths >= 1"),
+        ("model.decoder_channels", list(m.decoder_channels),
+         len(m.decoder_channels) == SCALES and all(c >= 1 for c in m.decoder_channels),
+         f"{SCALES} channel counts >= 1"),
+        ("model.num_scales", m.num_scales, 1 <= m.num_scales <= SCALES, f"in 1..{SCALES}"),
+        ("data.height", d.height, d.height >= STRIDE and d.height % STRIDE == 0,
+         f"a positive multiple of {STRIDE}"),
+        ("data.width", d.width, d.width >= STRIDE and d.width % STRIDE == 0,
+         f"a positive multiple of {STRIDE}"),
+        ("data.gen_height", d.gen_height, d.gen_height >= 1, ">= 1"),
+        ("data.gen_width", d.gen_width, d.gen_width >= 1, ">= 1"),
+        ("data.gen_counts", dict(d.gen_counts), all(n >= 0 for n in d.gen_counts.values()),
+         "counts >= 0"),
+        ("data.batch_size", d.batch_size, d.batch_size >= 1, ">= 1"),
+        ("data.hflip", d.hflip, 0 <= d.hflip <= 1, "in [0, 1]"),
+        ("data.brightness", d.brightness, d.brightness >= 0, ">= 0"),
+        ("data.contrast", d.contrast, d.contrast >= 0, ">= 0"),
+        ("data.saturation", d.saturation, d.saturation >= 0, ">= 0"),
+        ("data.hue", d.hue, 0 <= d.hue <= 0.5, "in [0, 0.5]"),
+        ("data.lidar_drop", d.lidar_drop, 0 <= d.lidar_drop <= 1, "in [0, 1]"),
+        ("data.workers", d.workers, d.workers >= 1, ">= 1"),
+        ("data.prefetch", d.prefetch, d.prefetch >= 1, ">= 1"),
+        ("train.steps", t.steps, t.steps >= 0, ">= 0"),
+        ("train.lr", t.lr, t.lr > 0, "> 0"),
+        ("train.warmup_steps", t.warmup_steps, t.warmup_steps >= 0, ">= 0"),
+        ("train.lr_boundaries", list(t.lr_boundaries),
+         all(0 < f < 1 for f in t.lr_boundaries) and list(t.lr_boundaries) == sorted(t.lr_boundaries),
+         "increasing fractions in (0, 1)"),
+        ("train.lr_decay", t.lr_decay, t.lr_decay > 0, "> 0"),
+        ("train.grad_clip", t.grad_clip, t.grad_clip >= 0, ">= 0 (0 disables)"),
+        ("train.weight_decay", t.weight_decay, t.weight_decay >= 0, ">= 0"),
+        ("train.seed", t.seed, t.seed >= 0, ">= 0"),
+        ("train.log_every", t.log_every, t.log_every >= 1, ">= 1"),
+        ("train.val_every", t.val_every, t.val_every >= 1, ">= 1"),
+        ("train.ckpt_every", t.ckpt_every, t.ckpt_every >= 1, ">= 1"),
+        ("train.keep", t.keep, t.keep >= 1, ">= 1"),
+        ("train.run_dir", t.run_dir, bool(t.run_dir), "a folder"),
+        ("eval.batch_size", e.batch_size, e.batch_size >= 1, ">= 1"),
+        ("quant.qat_steps", q.qat_steps, q.qat_steps >= 0, ">= 0"),
+        ("quant.qat_lr", q.qat_lr, q.qat_lr > 0, "> 0"),
+        ("quant.ema_decay", q.ema_decay, 0 <= q.ema_decay < 1, "in [0, 1)"),
+    ]
+    for key, value, ok, allowed in rules:
+        if not ok:
+            raise ConfigError(f"{key}: {value!r} is not allowed; it must be {allowed}")
+    return cfg
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -205,12 +288,12 @@ def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) ->
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
         _set_path(data, key.strip(), yaml.safe_load(raw))
-    return _build(Config, data)
+    return validate(_build(Config, data))
 
 
 def replace(cfg: Config, **sections: dict) -> Config:
     """Returns ``cfg`` with some fields of some sections replaced, e.g. ``train={'steps': 5}``."""
-    return _build(Config, _merge(to_dict(cfg), sections))
+    return validate(_build(Config, _merge(to_dict(cfg), sections)))
 
 
 def _merge(base: dict, upd: dict) -> dict:
@@ -218,6 +301,33 @@ def _merge(base: dict, upd: dict) -> dict:
     for k, v in upd.items():
         out[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
     return out
+
+
+RUNTIME_KEYS = ("train.run_dir", "data.workers", "data.prefetch")  # change no computed value
+
+
+def config_diff(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
+    """``{section.key: (old, new)}`` for every value that differs, except the ``RUNTIME_KEYS``."""
+    flat = lambda cfg: {f"{s}.{k}": v for s, sec in to_dict(cfg).items() for k, v in sec.items()}
+    a, b = flat(old), flat(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and k not in RUNTIME_KEYS}
+
+
+def with_runtime_keys(cfg: Config, source: Config) -> Config:
+    """``cfg`` with the ``RUNTIME_KEYS`` of ``source``."""
+    sections: dict[str, dict] = {}
+    for key in RUNTIME_KEYS:
+        section, name = key.split(".")
+        sections.setdefault(section, {})[name] = getattr(getattr(source, section), name)
+    return replace(cfg, **sections)
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """``data.root`` made absolute against the working directory, so the config stored in
+    a run and its checkpoints finds the same data from any folder."""
+    root = str(Path(cfg.data.root).absolute())
+    return cfg if root == cfg.data.root else replace(cfg, data={"root": root})
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -1,7 +1,7 @@
 """Training state, optimizer, jitted train step and data-parallel sharding.
 
-One code path for 1 or N devices: the batch is sharded over a 1-D ``data`` mesh of all
-devices (multi-host ready: each host contributes its local slice), the state is
+One code path for 1 or N devices on 1 or N hosts: the batch is sharded over a 1-D
+``data`` mesh of all devices (each process contributes the rows it loaded), the state is
 replicated, and XLA inserts the gradient and BatchNorm all-reduces.
 """
 from __future__ import annotations
@@ -35,17 +35,27 @@ class TrainState:
 
 
 def learning_rate(cfg: Config) -> optax.Schedule:
-    """FP32 phase: linear warm-up, then step decay at fractions of ``train.steps``;
-    QAT phase: constant ``qat_lr``."""
+    """FP32 phase: linear warm-up from 0 over ``warmup_steps``, then ``lr`` times
+    ``lr_decay`` per boundary passed (boundaries are fractions of ``train.steps``, counted
+    from step 0); QAT phase: constant ``qat_lr``.
+
+    Written as one function of the global step: ``optax.join_schedules`` would hand the
+    later schedule ``step - warmup_steps`` and move every boundary by the warm-up.
+    """
     t = cfg.train
-    fp32 = optax.piecewise_constant_schedule(
-        t.lr, {int(f * t.steps): t.lr_decay for f in t.lr_boundaries})
-    if t.warmup_steps > 0:
-        warmup = optax.linear_schedule(0.0, t.lr, t.warmup_steps)
-        fp32 = optax.join_schedules([warmup, fp32], [t.warmup_steps])
-    if cfg.quant.qat_steps <= 0:
-        return fp32
-    return optax.join_schedules([fp32, optax.constant_schedule(cfg.quant.qat_lr)], [t.steps])
+    boundaries = jnp.array([int(f * t.steps) for f in t.lr_boundaries], jnp.int32)
+    qat = cfg.quant.qat_steps > 0
+
+    def schedule(step: jax.Array) -> jax.Array:
+        step = jnp.asarray(step, jnp.int32)
+        lr = t.lr * t.lr_decay ** jnp.sum(step >= boundaries)
+        if t.warmup_steps > 0:
+            lr = jnp.where(step < t.warmup_steps, t.lr * step / t.warmup_steps, lr)
+        if qat:
+            lr = jnp.where(step >= t.steps, cfg.quant.qat_lr, lr)
+        return jnp.asarray(lr, jnp.float32)
+
+    return schedule
 
 
 def make_optimizer(cfg: Config) -> optax.GradientTransformation:
@@ -80,13 +90,25 @@ def multiscale_loss(heads: list[jax.Array], depth: jax.Array, encoding: Encoding
     return sum(losses) / len(losses)
 
 
+def monocular_qat_step(step: int, cfg: Config) -> bool:
+    """Whether QAT step ``step`` runs monocular: evenly, a share ``data.lidar_drop`` of the
+    QAT steps of a model with a SAN (the last of every 1 / lidar_drop steps)."""
+    if not cfg.model.sparse or cfg.data.lidar_drop <= 0 or step < cfg.train.steps:
+        return False
+    k = step - cfg.train.steps
+    return int((k + 1) * cfg.data.lidar_drop) > int(k * cfg.data.lidar_drop)
+
+
 def make_train_step(model: nn.Module, encoding: Encoding, optimizer: optax.GradientTransformation,
-                    cfg: Config, mesh: Mesh, qat: bool) -> Callable:
+                    cfg: Config, mesh: Mesh, qat: bool, monocular: bool = False) -> Callable:
     """Jitted ``(state, batch) -> (state, stats)``.
 
     FP32: BatchNorm uses batch statistics; a share ``data.lidar_drop`` of the samples runs
     without LiDAR so the monocular path keeps working. QAT: BatchNorm is frozen and folded,
-    the activation ranges follow an EMA of the batch min/max.
+    the activation ranges follow an EMA of the batch min/max. ``monocular`` (QAT only) runs
+    the whole batch without LiDAR: the trainer takes such steps at the share
+    ``data.lidar_drop`` (``monocular_qat_step``; per-sample selection has no INT8 form), so
+    the decoder's ranges follow both modes and the INT8 monocular model is trained too.
     """
     mutable = ["quant"] if qat else ["batch_stats"]
     base_key = jax.random.PRNGKey(cfg.train.seed)
@@ -97,7 +119,7 @@ def make_train_step(model: nn.Module, encoding: Encoding, optimizer: optax.Gradi
         if not qat and cfg.data.lidar_drop > 0:
             key = jax.random.fold_in(base_key, state.step)
             has_lidar = jax.random.uniform(key, (batch["rgb"].shape[0],)) >= cfg.data.lidar_drop
-        lidar = batch["lidar"] if cfg.model.sparse else None
+        lidar = batch["lidar"] if cfg.model.sparse and not monocular else None
         heads, updates = model.apply(variables, batch["rgb"], lidar, train=True, all_scales=True,
                                      has_lidar=has_lidar, mutable=mutable)
         mask = valid_mask(batch["depth"], encoding.min_depth, encoding.max_depth)
@@ -116,7 +138,10 @@ def make_train_step(model: nn.Module, encoding: Encoding, optimizer: optax.Gradi
 
 
 def make_mesh() -> Mesh:
-    return Mesh(np.array(jax.devices()), ("data",))
+    """All devices of all processes, grouped by process: process i's devices hold the
+    i-th contiguous part of the batch, the rows its data pipeline loaded."""
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    return Mesh(np.array(devices), ("data",))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -3,59 +3,165 @@
 Steps ``[0, train.steps)`` train in FP32; steps ``[train.steps, train.steps +
 quant.qat_steps)`` fine-tune with INT8 fake quantization, starting from min-max ranges
 calibrated on the ``calib`` split (the PTQ baseline). A run interrupted anywhere resumes
-from its latest checkpoint and sees the same batches it would have seen.
+from its latest readable checkpoint, with the checkpoint's config, and sees the same
+batches it would have seen. Every process of a multi-host run runs this loop on its own
+rows of each batch; only process 0 writes the log, the config and the reports.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from jaxdepth import checkpoint
-from jaxdepth.config import Config, ConfigError, save_config, to_dict
-from jaxdepth.data.sources import eval_pipeline, train_pipeline
+from jaxdepth.config import (Config, ConfigError, absolute_paths, config_diff, config_from_dict,
+                             save_config, to_dict, with_runtime_keys)
+from jaxdepth.data.sources import check_splits, dataset_root, eval_pipeline, train_pipeline
 from jaxdepth.evaluate import Evaluator
 from jaxdepth.quant.calibrate import calibrate
 from jaxdepth.train_lib import (TrainState, init_state, make_mesh, make_optimizer, make_train_step,
-                                replicate, shard_batch)
+                                monocular_qat_step, replicate, shard_batch)
+
+RUN_OUTPUTS = ("checkpoints", "eval", "log.jsonl", "test_metrics.json", "config.yaml")
+OTHER_STATES = 4   # checkpoints beside train.keep: the one being written, best FP32, best QAT, fp32
 
 
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN/Inf loss or gradient; the last good checkpoint is kept."""
 
 
-class Trainer:
-    """Owns the run folder, the data, the jitted steps and the checkpoints of one run."""
+def _sync(name: str) -> None:
+    """Barrier across the processes of a multi-host run."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
-    def __init__(self, cfg: Config, init_from: str | None = None, progress: bool = True) -> None:
-        self.cfg = cfg
-        self.progress = progress
+
+def _check_devices(cfg: Config) -> None:
+    n = jax.device_count()
+    if cfg.data.batch_size % n:
+        raise ConfigError(f"data.batch_size: {cfg.data.batch_size} does not split over the {n} "
+                          f"devices of this run; choose a multiple of {n}")
+
+
+def _prepare_run_dir(run_dir: Path, restart: bool) -> None:
+    """Fails before any work if the run folder cannot be written; ``restart`` deletes
+    what an earlier run left there."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{jax.process_index()}"
+        with open(probe, "wb") as f:
+            f.write(bytes(1 << 16))
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"train.run_dir: cannot write to {run_dir} ({e.strerror or e})") from None
+    if restart and jax.process_index() == 0:
+        for name in RUN_OUTPUTS:
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    _sync("run_dir")
+
+
+def _check_free_space(run_dir: Path, state: TrainState, keep: int) -> None:
+    """A run whose checkpoints cannot fit on the disk fails now, not hours later."""
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    need = state_bytes * (keep + OTHER_STATES)
+    free = shutil.disk_usage(run_dir).free
+    if free < need:
+        raise ConfigError(
+            f"train.run_dir: {free / 1e6:.0f} MB free on the disk of {run_dir}; this run's "
+            f"checkpoints need about {need / 1e6:.0f} MB ({keep + OTHER_STATES} states of "
+            f"{state_bytes / 1e6:.1f} MB: train.keep={keep} latest, one being written, best FP32, "
+            "best QAT, end of FP32). Free some space, lower train.keep or choose another "
+            "train.run_dir")
+
+
+class Trainer:
+    """Owns the run folder, the data, the jitted steps and the checkpoints of one run.
+
+    Every check that can fail (config, data splits, devices, run folder, disk space)
+    runs before the data is rendered or a step compiled. ``restart`` starts over in an
+    existing run folder; without it a run folder with checkpoints is resumed, and a
+    config that differs from the checkpoint's is an error listing the differences.
+    """
+
+    def __init__(self, cfg: Config, init_from: str | None = None, progress: bool = True,
+                 restart: bool = False) -> None:
+        cfg = absolute_paths(cfg)
+        self.primary = jax.process_index() == 0
+        self.progress = progress and self.primary
         self.run_dir = Path(cfg.train.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.yaml")
+        _check_devices(cfg)
+        check_splits(cfg, ["train", "val", cfg.eval.split] + (["calib"] if cfg.quant.qat_steps else []))
+        _prepare_run_dir(self.run_dir, restart)
+        self.ckpts = checkpoint.Checkpoints(self.run_dir, cfg.train.keep)
+        self.cfg = cfg = self._resumed_config(cfg, init_from)
+        if self.primary:
+            save_config(cfg, self.run_dir / "config.yaml")
         self.evaluate = Evaluator(cfg)
         self.encoding, self.models = self.evaluate.encoding, self.evaluate.models
         self.mesh = make_mesh()
         self.optimizer = make_optimizer(cfg)
-        self.train_data = train_pipeline(cfg)
-        self.ckpts = checkpoint.Checkpoints(self.run_dir, cfg.train.keep)
         self.state = self._initial_state(init_from)
-        self._steps: dict[bool, Any] = {}
+        _check_free_space(self.run_dir, self.state, cfg.train.keep)
+        if self.primary:
+            dataset_root(cfg, progress=self.progress)      # renders the embedded data once
+        _sync("data")
+        self.train_data = train_pipeline(cfg, (jax.process_index(), jax.process_count()))
+        self._steps: dict[tuple[bool, bool], Any] = {}
 
     @property
     def total_steps(self) -> int:
         return self.cfg.train.steps + self.cfg.quant.qat_steps
 
+    def _resumed_config(self, cfg: Config, init_from: str | None) -> Config:
+        """The config of the checkpoint to resume from (with this run's ``RUNTIME_KEYS``),
+        or ``cfg`` in a run folder without checkpoints."""
+        found = self.ckpts.latest_meta()
+        if found is None:
+            return cfg
+        meta, step, _ = found
+        if init_from is not None:
+            raise ConfigError(
+                f"--init-from {init_from}: {self.run_dir} already holds checkpoints (latest step "
+                f"{step}), which a run resumes from; pass --restart to start over in this folder "
+                "from the --init-from weights, or choose another train.run_dir")
+        try:
+            stored = absolute_paths(config_from_dict(meta["config"]))
+        except ConfigError as e:
+            raise ConfigError(f"{self.run_dir}: the config of its checkpoint at step {step} does "
+                              f"not load ({e}); pass --restart to start over") from None
+        diff = config_diff(stored, cfg)
+        if diff:
+            lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            raise ConfigError(
+                f"{self.run_dir} holds a run with another config; keys that differ (checkpoint "
+                f"-> asked):\n{lines}\nResume with the checkpoint's config, pass --restart to start "
+                "over in this folder, or choose another train.run_dir")
+        return with_runtime_keys(stored, cfg)
+
     def _initial_state(self, init_from: str | None) -> TrainState:
         d = self.cfg.data
-        state = init_state(self.models["float"], self.optimizer, self.cfg.train.seed, d.height, d.width)
+        state = replicate(init_state(self.models["float"], self.optimizer, self.cfg.train.seed,
+                                     d.height, d.width), self.mesh)
         if self.ckpts.latest_step() is not None:
-            state, meta = self.ckpts.restore_latest(state)
+            state, _, skipped = self.ckpts.restore_latest(state)
+            for message in skipped:
+                self._warn(message)
+            self.ckpts.discard_after(int(state.step))
             self._log({"event": "resume", "step": int(state.step)})
         elif init_from is not None:
             loaded, meta, step_dir = checkpoint.load(init_from)
@@ -70,15 +176,21 @@ class Trainer:
         return replicate(state, self.mesh)
 
     def _log(self, record: dict) -> None:
-        with open(self.run_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps({"time": time.time(), **record}) + "\n")
+        if self.primary:
+            with open(self.run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps({"time": time.time(), **record}) + "\n")
 
-    def _train_step(self, qat: bool):
-        if qat not in self._steps:
+    def _warn(self, message: str) -> None:
+        if self.primary:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+        self._log({"event": "warning", "message": message})
+
+    def _train_step(self, qat: bool, monocular: bool = False):
+        if (qat, monocular) not in self._steps:
             model = self.models["fake" if qat else "float"]
-            self._steps[qat] = make_train_step(model, self.encoding, self.optimizer, self.cfg,
-                                               self.mesh, qat)
-        return self._steps[qat]
+            self._steps[qat, monocular] = make_train_step(model, self.encoding, self.optimizer,
+                                                          self.cfg, self.mesh, qat, monocular)
+        return self._steps[qat, monocular]
 
     def calibrate(self, variables: dict) -> dict:
         """PTQ min-max ranges on the calib split."""
@@ -104,6 +216,22 @@ class Trainer:
         self._log({"event": "ptq_calibrated", "step": self.cfg.train.steps,
                    "val_fp32": fp32_val, "val_ptq": ptq_val})
 
+    def _check(self, pending: list[tuple[int, dict]]) -> list[tuple[int, float, float]]:
+        """(step, loss, grad norm) of the steps since the last check: the loop's one host
+        sync, every ``train.log_every`` steps and before every checkpoint, so a checkpoint
+        never holds a state after a non-finite step."""
+        values = jax.device_get([(stats["loss"], stats["grad_norm"]) for _, stats in pending])
+        out = []
+        for (step, _), (loss, gnorm) in zip(pending, values):
+            loss, gnorm = float(loss), float(gnorm)
+            if not (math.isfinite(loss) and math.isfinite(gnorm)):
+                self._log({"event": "non_finite", "step": step, "loss": loss, "grad_norm": gnorm})
+                raise NonFiniteLoss(
+                    f"non-finite loss {loss} / gradient norm {gnorm} at step {step}; stopped. "
+                    f"Last good checkpoint: step {self.ckpts.latest_step()} in {self.ckpts.root}")
+            out.append((step, loss, gnorm))
+        return out
+
     def fit(self, stop_at: int | None = None) -> TrainState:
         """Trains from the current step to ``stop_at`` (default: the end of the run)."""
         cfg = self.cfg
@@ -114,43 +242,52 @@ class Trainer:
         batches = self.train_data.iterate(start)
         bar = tqdm(range(start, stop), initial=start, total=self.total_steps,
                    disable=not self.progress, dynamic_ncols=True, desc="train")
-        rate, t_last = None, time.perf_counter()
+        pending: list[tuple[int, dict]] = []
+        t_last, n_last = time.perf_counter(), start
         for step in bar:
             qat = step >= cfg.train.steps
             if qat and step == cfg.train.steps:
                 self._enter_qat()
+                t_last = time.perf_counter()
             batch = next(batches)
-            new_state, stats = self._train_step(qat)(self.state, shard_batch(batch, self.mesh))
-            loss, gnorm = float(stats["loss"]), float(stats["grad_norm"])
-            if not (math.isfinite(loss) and math.isfinite(gnorm)):
-                self._log({"event": "non_finite", "step": step, "loss": loss, "grad_norm": gnorm})
-                raise NonFiniteLoss(
-                    f"non-finite loss {loss} / gradient norm {gnorm} at step {step}; stopped. "
-                    f"Last good checkpoint: step {self.ckpts.latest_step()} in {self.ckpts.root}")
-            self.state = new_state
-            now = time.perf_counter()
-            ips = len(batch["rgb"]) / max(now - t_last, 1e-9)
-            rate = ips if rate is None else 0.9 * rate + 0.1 * ips
-            t_last = now
-            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}", phase="qat" if qat else "fp32")
+            train_step = (self._train_step(qat, monocular=True) if monocular_qat_step(step, cfg)
+                          else self._train_step(qat))
+            self.state, stats = train_step(self.state, shard_batch(batch, self.mesh))
+            pending.append((step, stats))
             done = step + 1
             phase = "qat" if qat else "fp32"
-            if done % cfg.train.log_every == 0:
-                self._log({"step": done, "phase": phase, "loss": loss, "grad_norm": gnorm,
-                           "images_per_s": rate})
             end_of_phase = done in (cfg.train.steps, self.total_steps)
-            if done % cfg.train.val_every == 0 or end_of_phase:
+            validate = done % cfg.train.val_every == 0 or end_of_phase
+            save = validate or done % cfg.train.ckpt_every == 0
+            if save or done % cfg.train.log_every == 0 or done == stop:
+                checked = self._check(pending)
+                pending = []
+                now = time.perf_counter()
+                rate = (done - n_last) * cfg.data.batch_size / max(now - t_last, 1e-9)
+                t_last, n_last = now, done
+                for s, loss, gnorm in checked:
+                    if (s + 1) % cfg.train.log_every == 0:
+                        self._log({"step": s + 1, "phase": phase, "loss": loss, "grad_norm": gnorm,
+                                   "images_per_s": rate})
+                bar.set_postfix(loss=f"{checked[-1][1]:.4f}", img_s=f"{rate:.1f}", phase=phase)
+            if validate:
                 val = self.evaluate(self.state.variables, "val", "fake" if qat else "float")["metrics"]
                 self._log({"step": done, "phase": phase, "val": val})
                 self._save(done, phase, val)
-            elif done % cfg.train.ckpt_every == 0:
+                t_last = time.perf_counter()
+            elif save:
                 self._save(done, phase)
+                t_last = time.perf_counter()
         self.ckpts.wait()
         return self.state
 
-    def best_checkpoint(self) -> Path:
-        """The step folder of the best checkpoint of the last phase that ran."""
-        return checkpoint.resolve(self.run_dir)
+    def report_checkpoints(self) -> list[Path]:
+        """The step folders ``eval.py`` reproduces ``test_report``'s rows from: the current
+        state (the latest checkpoint) and, after QAT, the end of the FP32 phase."""
+        latest = self.ckpts.root / checkpoint.LAST / str(int(self.state.step))
+        if int(self.state.step) > self.cfg.train.steps:
+            return [latest, checkpoint.resolve(self.ckpts.root / "fp32")]
+        return [latest]
 
     def test_report(self) -> dict[str, dict]:
         """Test metrics of the current state: FP32 (with LiDAR, median-scaled, monocular)
@@ -159,5 +296,6 @@ class Trainer:
         fp32_vars = self.ckpts.restore_named("fp32", self.state)[0].variables if qat else None
         rows = self.evaluate.report(self.state.variables, self.cfg.eval.split, int8=qat,
                                     fp32_variables=fp32_vars)
-        (self.run_dir / "test_metrics.json").write_text(json.dumps(rows, indent=2))
+        if self.primary:
+            (self.run_dir / "test_metrics.json").write_text(json.dumps(rows, indent=2))
         return rows

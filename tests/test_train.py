@@ -28,7 +28,7 @@ def test_run_writes_log_checkpoints_and_metrics(finished_run):
     assert any(r.get("event") == "ptq_calibrated" for r in log)
     assert int(trainer.state.step) == 6
     assert set(rows) == {"fp32", "fp32 median-scaled", "fp32 monocular", "int8 ptq min-max",
-                         "qat weights in fp32", "int8 qat"}
+                         "qat weights in fp32", "int8 qat", "lidar nearest fill", "constant"}
     for m in rows.values():
         assert m["images"] == 6 and m["skipped_images"] == 0
         assert 0.0 < m["abs_rel"] < 10.0 and 0.0 <= m["a1"] <= 1.0
@@ -41,12 +41,22 @@ def test_eval_cli_reproduces_the_training_report(finished_run, tmp_path, capsys)
     sys.path.insert(0, str(ROOT))
     import eval as eval_cli
 
+    latest, fp32 = trainer.report_checkpoints()
+    assert (latest.parent.name, latest.name, fp32.parent.name, fp32.name) == ("last", "6", "fp32", "4")
     out = tmp_path / "m.json"
-    assert eval_cli.main([str(trainer.run_dir), "--json", str(out)]) == 0
+    assert eval_cli.main([str(latest), "--json", str(out)]) == 0
     results = json.loads(out.read_text())["results"]
     assert results["int8 fake-quant"] == pytest.approx(rows["int8 qat"], rel=1e-6)
     assert results["fp32"] == pytest.approx(rows["qat weights in fp32"], rel=1e-6)
-    assert "int8 fake-quant" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "int8 fake-quant" in captured.out
+    assert "test float" in captured.err                 # progress bars
+    assert eval_cli.main([str(fp32), "--json", str(out), "--no-progress"]) == 0
+    results = json.loads(out.read_text())["results"]
+    for ours, reported in [("fp32", "fp32"), ("fp32 median-scaled", "fp32 median-scaled"),
+                           ("fp32 monocular", "fp32 monocular"), ("int8 fake-quant", "int8 ptq min-max")]:
+        assert results[ours] == pytest.approx(rows[reported], rel=1e-6)
+    assert "test float" not in capsys.readouterr().err
 
 
 def test_train_cli_prints_fp32_results_before_qat_then_the_int8_table(tiny_data, tmp_path, capsys):
@@ -61,7 +71,9 @@ def test_train_cli_prints_fp32_results_before_qat_then_the_int8_table(tiny_data,
     assert "int8 ptq min-max" in final and "int8 qat" in final
     row = lambda text: next(l for l in text.splitlines() if l.startswith("fp32 "))
     assert row(fp32_part) == row(final)          # the same FP32 weights, reported twice
-    assert "evaluate again: python eval.py" in final
+    hint = final.split("evaluate again: ", 1)[1].split()
+    run = tmp_path / "cli" / "checkpoints"
+    assert hint == ["python", "eval.py", str(run / "last" / "6"), "python", "eval.py", str(run / "fp32" / "4")]
 
 
 class Interrupt(Exception):
@@ -94,7 +106,9 @@ def test_resume_after_interruption_matches_uninterrupted_run(finished_run, tiny_
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
-    trainer = Trainer(tiny_cfg(tiny_data, tmp_path / "n", quant__qat_steps=2), progress=False)
+    # Checked every 4 steps and before each checkpoint: the NaN of step 2 is seen at step 4.
+    trainer = Trainer(tiny_cfg(tiny_data, tmp_path / "n", quant__qat_steps=2, train__log_every=4),
+                      progress=False)
     import jaxdepth.trainer as trainer_mod
 
     real_shard = trainer_mod.shard_batch
@@ -112,6 +126,36 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monkeypat
     state, meta, step_dir = checkpoint.load(tmp_path / "n" / "checkpoints" / "last")
     assert step_dir.name == "2"
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+
+
+class _Probe:
+    """A step statistic that records how many steps had been dispatched when the host read it."""
+
+    def __init__(self, value, reads: list, dispatched: list) -> None:
+        self.value, self.reads, self.dispatched = value, reads, dispatched
+
+    def __array__(self, dtype=None, copy=None):
+        self.reads.append(self.dispatched[0])
+        return np.asarray(self.value, dtype)
+
+
+def test_loop_reads_step_stats_every_log_every_steps_not_every_step(tiny_data, tmp_path, monkeypatch):
+    trainer = Trainer(tiny_cfg(tiny_data, tmp_path / "s", quant__qat_steps=2, train__log_every=4,
+                               train__val_every=4, train__ckpt_every=4), progress=False)
+    real_step = trainer._train_step(False)
+    dispatched, reads = [0], []
+
+    def step(state, batch):
+        dispatched[0] += 1
+        state, stats = real_step(state, batch)
+        return state, {k: _Probe(v, reads, dispatched) for k, v in stats.items()}
+
+    monkeypatch.setattr(trainer, "_train_step", lambda qat: step)
+    trainer.fit(stop_at=4)
+    assert dispatched[0] == 4 and set(reads) == {4}
+    log = [json.loads(l) for l in (trainer.run_dir / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert len(losses) == 1 and 0.0 < losses[0] < 100.0
 
 
 def test_init_from_checkpoint(finished_run, tiny_data, tmp_path):
@@ -164,3 +208,32 @@ def test_two_device_step_equals_one_device_step():
                           text=True, timeout=600, cwd=ROOT / "tests")
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert proc.stdout.startswith("ok")
+
+
+def test_learning_rate_changes_at_the_configured_steps():
+    from jaxdepth.train_lib import learning_rate
+
+    # The default run: warm-up over 50 steps, decays at 71.2 % and 96 % of 450 steps, QAT after.
+    cfg = load_config(ROOT / "configs" / "default.yaml")
+    lr = learning_rate(cfg)
+    at = lambda step: float(lr(step))
+    assert (at(0), at(25), at(49)) == pytest.approx((0.0, 0.001, 0.002 * 49 / 50))
+    assert (at(50), at(319)) == pytest.approx((0.002, 0.002))
+    assert (at(320), at(431)) == pytest.approx((0.0006, 0.0006))       # int(0.712 * 450)
+    assert (at(432), at(449)) == pytest.approx((0.00018, 0.00018))     # int(0.96 * 450)
+    assert (at(450), at(529)) == pytest.approx((0.0001, 0.0001))       # quant.qat_lr
+    # Boundaries before the end of the warm-up apply as soon as the warm-up ends.
+    early = learning_rate(load_config(None, ["train.steps=100", "train.warmup_steps=30",
+                                             "train.lr_boundaries=[0.2, 0.5]", "train.lr=1.0"]))
+    assert [float(early(s)) for s in (19, 20, 29, 30, 49, 50)] == pytest.approx(
+        [19 / 30, 20 / 30, 29 / 30, 0.3, 0.3, 0.09])
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_no_progress_also_silences_the_data_rendering_bar(tmp_path, capsys, progress):
+    counts = "{train: 2, val: 1, test: 1, calib: 1}"
+    cfg = tiny_cfg(tmp_path / "data", tmp_path / "run", data__generate=True, data__gen_height=32,
+                   data__gen_width=64, data__gen_counts=counts)
+    Trainer(cfg, progress=progress)
+    assert (tmp_path / "data" / "meta.json").is_file()
+    assert ("synthetic data" in capsys.readouterr().err) == progress

@@ -160,7 +160,8 @@ class Pipeline:
     """Batches of resized, augmented samples, loaded by a thread pool and prefetched.
 
     Batches are dicts of numpy arrays: rgb (B,H,W,3), depth (B,H,W), lidar (B,H,W),
-    all float32, and name (list of B strings).
+    all float32, and name (list of B strings). With ``shard=(i, n)`` each batch holds
+    the i-th of n equal parts of the global batch of ``batch_size`` (B = batch_size / n).
     """
 
     def __init__(
@@ -176,9 +177,13 @@ class Pipeline:
         drop_remainder: bool,
         prefetch: int = 2,
         workers: int = 1,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if min(batch_size, height, width, prefetch, workers) < 1:
             raise ValueError("batch_size, height, width, prefetch and workers must be >= 1")
+        index, count = shard
+        if not 0 <= index < count or batch_size % count:
+            raise ValueError(f"shard {index} of {count} does not split batches of {batch_size}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.dataset = dataset
@@ -191,6 +196,7 @@ class Pipeline:
         self.drop_remainder = drop_remainder
         self.prefetch = prefetch
         self.workers = workers
+        self.shard = shard
         n = len(dataset)
         self.steps_per_epoch = n // batch_size if drop_remainder else math.ceil(n / batch_size)
         if self.steps_per_epoch == 0:
@@ -237,9 +243,14 @@ class Pipeline:
         ]
 
     def _epoch_batches(self, e: int, first_step: int) -> Iterator[list[_SamplePlan]]:
+        """This shard's rows of each global batch: process i of n loads rows
+        [i * B / n, (i + 1) * B / n), so the n processes together see the one-process batch."""
         plans = self._epoch_plans(e)
+        index, count = self.shard
+        rows = self.batch_size // count
         for step in range(first_step, self.steps_per_epoch):
-            yield plans[step * self.batch_size:(step + 1) * self.batch_size]
+            start = step * self.batch_size + index * rows
+            yield plans[start:start + rows]
 
     def _load(self, plan: _SamplePlan) -> dict:
         sample = resize_sample(self.dataset[plan.index], self.height, self.width)
