@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint: ``python eval.py CHECKPOINT [--split test]``.
+"""Evaluate a checkpoint: ``python eval.py CHECKPOINT [--split test] [--save-vis DIR]``.
 
 CHECKPOINT is a run folder (its best checkpoint), a ``checkpoints/<name>`` folder (its
 latest) or a step folder. A checkpoint with calibrated or QAT ranges is evaluated in FP32,
@@ -22,23 +22,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value of the checkpoint (e.g. eval.garg_crop=true)")
     parser.add_argument("--json", default=None, help="where to write the metrics (default: beside the run)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--save-vis", default=None, metavar="DIR",
+                        help="write depth panels of the first --num-vis images and summary plots to DIR")
+    parser.add_argument("--num-vis", type=int, default=8, metavar="K", help="panels to write (default 8)")
     args = parser.parse_args(argv)
     setup_jax()
 
     from jaxdepth import checkpoint
-    from jaxdepth.config import ConfigError, config_from_dict
+    from jaxdepth.config import ConfigError, absolute_paths, config_from_dict
     from jaxdepth.data import DataError
+    from jaxdepth.data.sources import check_splits
     from jaxdepth.evaluate import Evaluator, format_table
     from jaxdepth.export.compare import compare, format_comparison
     from jaxdepth.export.exporter import ExportError
 
     try:
         state, meta, step_dir = checkpoint.load(args.checkpoint)
-        cfg = config_from_dict(meta["config"], args.overrides)
+        cfg = absolute_paths(config_from_dict(meta["config"], args.overrides))
         split = args.split or cfg.eval.split
+        check_splits(cfg, [split])
         variables = {k: state[k] for k in ("params", "batch_stats", "quant")}
         int8 = checkpoint.has_ranges(variables)
-        evaluator = Evaluator(cfg)
+        evaluator = Evaluator(cfg, progress=not args.no_progress)
         rows = evaluator.report(variables, split, int8=int8)
         integer, not_exported = None, None
         if int8:
@@ -47,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows["int8 integer"] = integer["metrics"]["int8 integer"]
             except ExportError as e:
                 not_exported = str(e)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, checkpoint.CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"checkpoint {step_dir} (phase {meta.get('phase')}), split '{split}':")
@@ -64,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         record["integer"] = {k: integer[k] for k in ("agreement", "deviation_mm")}
     out.write_text(json.dumps(record, indent=2))
     print(f"metrics written to {out}")
+    if args.save_vis:
+        from jaxdepth.vis import save_eval_pictures
+
+        written = save_eval_pictures(evaluator, variables, split, args.save_vis, args.num_vis)["files"]
+        print(f"pictures written to {args.save_vis}: {len(written['panels'])} panels, "
+              + ", ".join(v for k, v in written.items() if k != "panels"))
     return 0
 
 

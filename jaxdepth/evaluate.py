@@ -2,26 +2,58 @@
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from typing import Callable, Iterable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
+from jaxdepth.baselines import baseline_predictors, train_median_depth
 from jaxdepth.config import Config
 from jaxdepth.data.sources import eval_pipeline
 from jaxdepth.encodings import Encoding, get_encoding
 from jaxdepth.metrics import NAMES, MetricAccumulator, image_metrics
 from jaxdepth.models import build_model, quant_for
+from jaxdepth.models.layers import input_codes
+from jaxdepth.quant.freeze import freeze
+
+
+def _on_input_codes(model: nn.Module, fn: Callable, use_lidar: bool) -> Callable:
+    """``fn`` of a fake-quant model fed inputs quantized by ``input_codes``, as the integer
+    runtime's are."""
+    def run(variables, rgb, lidar):
+        q_rgb, q_sparse = input_codes(rgb, lidar if use_lidar else None,
+                                      model.quant.scheme.activation, model.min_depth)
+        return fn(variables, q_rgb, q_sparse)
+    return run
 
 
 def make_predict(model: nn.Module, encoding: Encoding, use_lidar: bool) -> Callable:
-    """Jitted ``(variables, rgb, lidar) -> depth (B, H, W)`` from the scale-0 head."""
+    """``(variables, rgb, lidar) -> depth (B, H, W)`` from the scale-0 head, jitted.
+
+    A fake-quant model runs on inputs quantized by ``input_codes``; give it the variables
+    of ``quant.freeze`` to run the integer parameters the export holds.
+    """
+    @jax.jit
     def predict(variables, rgb, lidar):
         heads = model.apply(variables, rgb, lidar if use_lidar else None, train=False)
         return encoding.decode(heads[0])
-    return jax.jit(predict)
+
+    return _on_input_codes(model, predict, use_lidar) if model.quant.fake else predict
+
+
+def make_head_codes(model: nn.Module, use_lidar: bool) -> Callable:
+    """``(variables, rgb, lidar) -> int32 head codes (B, H, W, C)`` of a fake-quant model,
+    comparable code for code with the integer forward's."""
+    @jax.jit
+    def codes(variables, rgb, lidar):
+        heads = model.apply(variables, rgb, lidar, train=False)
+        return jnp.rint(heads[0] * 255.0).astype(jnp.int32)
+
+    return _on_input_codes(model, codes, use_lidar)
 
 
 def pad_batch(x: np.ndarray, n: int) -> np.ndarray:
@@ -55,8 +87,9 @@ def evaluate(predict: Callable, variables: dict, batches: Iterable[dict], batch_
 class Evaluator:
     """The models of one config in FP32 and fake-quant INT8, with cached jitted predictors."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, progress: bool = False) -> None:
         self.cfg = cfg
+        self.progress = progress
         self.encoding = get_encoding(cfg.model)
         self.models = {m: build_model(cfg.model, quant_for(cfg, m)) for m in ("float", "fake")}
         self._predict: dict[tuple[str, bool], Callable] = {}
@@ -67,16 +100,34 @@ class Evaluator:
             self._predict[key] = make_predict(self.models[mode], self.encoding, use_lidar)
         return self._predict[key]
 
+    @cached_property
+    def train_median(self) -> float:
+        """The constant baseline's depth: one pass over the train split per evaluator."""
+        return train_median_depth(self.cfg)
+
+    def baselines(self, split: str) -> dict[str, dict]:
+        """Rows of the predictors without a network, on the batches the network sees."""
+        cfg = self.cfg
+        return {name: evaluate(predict, {}, eval_pipeline(cfg, split).epoch(0), cfg.eval.batch_size,
+                               self.encoding, cfg.eval.garg_crop, median_scaling=False)["metrics"]
+                for name, predict in baseline_predictors(cfg, self.train_median).items()}
+
     def __call__(self, variables: dict, split: str, mode: str = "float",
                  use_lidar: bool | None = None) -> dict:
         cfg = self.cfg
         use_lidar = cfg.model.sparse if use_lidar is None else use_lidar
-        return evaluate(self.predictor(mode, use_lidar), variables, eval_pipeline(cfg, split).epoch(0),
+        pipeline = eval_pipeline(cfg, split)
+        batches = tqdm(pipeline.epoch(0), total=pipeline.steps_per_epoch, disable=not self.progress,
+                       leave=False, dynamic_ncols=True,
+                       desc=f"{split} {mode}{'' if use_lidar else ' monocular'}")
+        if mode == "fake":
+            variables = freeze(self.models["fake"], variables)
+        return evaluate(self.predictor(mode, use_lidar), variables, batches,
                         cfg.eval.batch_size, self.encoding, cfg.eval.garg_crop, cfg.eval.median_scaling)
 
     def report(self, variables: dict, split: str, int8: bool, fp32_variables: dict | None = None) -> dict:
-        """Rows of the standard table. ``fp32_variables``: the FP32 model a QAT run started
-        from; its PTQ min-max INT8 row is the baseline QAT must beat."""
+        """Rows of the standard table, the baselines without a network last. ``fp32_variables``:
+        the FP32 model a QAT run started from; its PTQ min-max INT8 row is the baseline QAT must beat."""
         rows: dict[str, dict] = {}
         base = fp32_variables if fp32_variables is not None else variables
         full = self(base, split, "float")
@@ -91,6 +142,7 @@ class Evaluator:
         if int8:
             rows["int8 qat" if fp32_variables is not None else "int8 fake-quant"] = \
                 self(variables, split, "fake")["metrics"]
+        rows.update(self.baselines(split))
         return rows
 
 
