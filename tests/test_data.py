@@ -24,7 +24,8 @@ from jaxdepth.data import (
     resize_sample,
     write_depth_png,
 )
-from jaxdepth.data.synthetic import sample_name, sample_rng
+from jaxdepth.data.lidar_sim import LidarParams
+from jaxdepth.data.synthetic import FORMAT_VERSION, sample_name, sample_rng
 
 H, W = 32, 64
 COUNTS = {"train": 5, "val": 2, "test": 1, "calib": 1}
@@ -61,24 +62,68 @@ def test_render_shapes_ranges_and_lidar() -> None:
         positive = depth[depth > 0]
         assert positive.min() > 0.5 and positive.max() < 15.0
         returns = lidar > 0
-        np.testing.assert_array_equal(lidar[returns], depth[returns])
+        assert lidar[returns].min() > 0.5 and lidar[returns].max() < 15.0
+        error = lidar[returns & (depth > 0)] - depth[returns & (depth > 0)]
+        assert 0.005 < np.median(np.abs(error)) < 0.05  # the 2 cm range noise, not exact depth
+        assert np.mean(np.abs(error) > 0.1) < 0.15  # parallax and sub-pixel slopes, a few %
         valid.append((depth > 0).mean())
         far.append((depth > 10.0).any())
         density.append(returns.mean())
     assert min(valid) > 0.95
     assert any(far)  # the far range is populated
-    assert all(0.02 <= d <= 0.06 for d in density), density
+    assert all(0.03 <= d <= 0.06 for d in density), density
 
 
 def test_lidar_density_at_small_size() -> None:
     for seed in range(4):
         s = _scene(seed)
-        assert 0.02 <= (s["lidar"] > 0).mean() <= 0.06
+        assert 0.03 <= (s["lidar"] > 0).mean() <= 0.065
+
+
+def test_lidar_parameters_change_only_the_lidar() -> None:
+    rng = lambda: np.random.default_rng(3)
+    a = render_scene(rng(), H, W)
+    b = render_scene(rng(), H, W, lidar=LidarParams(offset=(0.0, 0.0, 0.0), range_noise=0.0))
+    np.testing.assert_array_equal(a["rgb"], b["rgb"])
+    np.testing.assert_array_equal(a["depth"], b["depth"])  # ground truth is the exact scene
+    assert not np.array_equal(a["lidar"], b["lidar"])
+
+
+def test_rendered_lidar_noise_matches_the_sensor() -> None:
+    noisy, exact = [], []
+    for seed in range(6):
+        pair = [render_scene(np.random.default_rng(seed), 48, 160, lidar=LidarParams(range_noise=sigma))
+                for sigma in (0.02, 0.0)]
+        both = (pair[0]["lidar"] > 0) & (pair[1]["lidar"] > 0)
+        noisy.append(pair[0]["lidar"][both])
+        exact.append(pair[1]["lidar"][both])
+    error = np.concatenate(noisy) - np.concatenate(exact)
+    # z-depth noise: the 2 cm range noise times the beam's forward component (0.7-1)
+    assert len(error) > 1000 and 0.015 < np.std(error[np.abs(error) < 0.2]) < 0.021
+
+
+def test_rendered_parallax_needs_the_mounting_offset() -> None:
+    def share_behind(params: LidarParams) -> float:
+        behind, total = 0, 0
+        for seed in range(6):
+            s = render_scene(np.random.default_rng(seed), 48, 160, lidar=params)
+            returns = (s["lidar"] > 0) & (s["depth"] > 0)
+            behind += int((s["lidar"][returns] > s["depth"][returns] + 0.3).sum())
+            total += int(returns.sum())
+        return behind / total
+
+    centred = share_behind(LidarParams(offset=(0.0, 0.0, 0.0), range_noise=0.0))
+    mounted = share_behind(LidarParams(range_noise=0.0))
+    # Centred, only sub-pixel slopes put a return behind its pixel's centre; mounted, returns
+    # seen past foreground edges land on foreground pixels.
+    assert centred < 0.004 and mounted > 0.008, (centred, mounted)
 
 
 def test_generated_files_round_trip(dataset_root: Path) -> None:
     meta = json.loads((dataset_root / "meta.json").read_text())
     assert meta["height"] == H and meta["width"] == W and meta["counts"] == COUNTS
+    assert meta["format_version"] == FORMAT_VERSION
+    assert meta["lidar"]["rings"] == 64 and meta["lidar"]["offset"] == [0.0, 0.08, -0.27]
     ds = FolderDataset(dataset_root, "val")
     assert ds.names == [sample_name("val", i) for i in range(2)] and len(ds) == 2
     sample = ds[1]
@@ -407,3 +452,11 @@ def test_ensure_dataset_refuses_data_rendered_with_other_parameters(tmp_path):
     assert ensure_dataset(tmp_path, height=16, width=32, counts=counts, seed=0) == tmp_path
     with pytest.raises(DataError, match=r"meta\.json.*height: 16 on disk, 24 asked"):
         ensure_dataset(tmp_path, height=24, width=32, counts=counts, seed=0)
+    with pytest.raises(DataError, match=r"lidar: .*'range_noise': 0\.02.* on disk"):
+        ensure_dataset(tmp_path, height=16, width=32, counts=counts, seed=0,
+                       lidar=LidarParams(range_noise=0.05))
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    older = {k: v for k, v in meta.items() if k != "lidar"} | {"format_version": FORMAT_VERSION - 1}
+    (tmp_path / "meta.json").write_text(json.dumps(older))  # rendered before the LiDAR model
+    with pytest.raises(DataError, match=r"format_version: \d+ on disk, \d+ asked"):
+        ensure_dataset(tmp_path, height=16, width=32, counts=counts, seed=0)

@@ -2,8 +2,12 @@
 
 Every scene is a closed yard, room or corridor (so nearly every pixel has ground
 truth) holding a few textured primitives, seen by a pinhole camera and a simulated
-spinning lidar. Solid textures shrink with distance, shading and shadows reveal
-shape, and fog fades far surfaces: the depth cues a network can learn from RGB.
+spinning LiDAR (`lidar_sim`: mounted beside the camera, noisy, losing returns).
+Solid textures shrink with distance, shading and shadows reveal shape, and fog fades
+far surfaces: the depth cues a network can learn from RGB. Lighting, textures and the
+camera (blur, exposure, shot and read noise, tone curve) vary per image so that those
+cues, not one renderer's look, are what there is to learn. Ground truth is the exact
+depth of the scene.
 
 World frame: x right, y up, z forward, ground plane at y = 0, camera above the
 origin. Points and rays are stored as (3, N) arrays so every numpy operation runs
@@ -16,18 +20,24 @@ from __future__ import annotations
 import colorsys
 import json
 import zlib
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
+from scipy import ndimage
 from tqdm import tqdm
 
+from jaxdepth.data import lidar_sim
 from jaxdepth.data.folder import DataError, write_depth_png, write_rgb_png
+from jaxdepth.data.lidar_sim import LidarParams
 
 HFOV_DEG = 90.0
 DEFAULT_COUNTS = {"train": 800, "val": 48, "test": 96, "calib": 64}
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+DEFAULT_LIDAR = LidarParams()  # a Velodyne HDL-64E mounted as on KITTI's car
 
 _EPS = 1e-6
 _SHADOW_OFFSET = 1e-3
@@ -92,11 +102,32 @@ def _plain(p: np.ndarray, axis: np.ndarray) -> np.ndarray:
     return np.zeros(p.shape[1])
 
 
+def _bricks(p: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    """Courses one unit high of bricks two long, every other course shifted half a brick,
+    each brick its own shade, in mortar (1); seen on the ground, square tiles."""
+    course = np.floor(p[1])
+    shift = 0.5 * (course % 2.0)
+    brick = np.stack([p[1], p[0] / 2.0 + shift, p[2] / 2.0 + shift])
+    cell = np.floor(brick)
+    frac = brick - cell
+    mortar = np.minimum(frac, 1.0 - frac).min(axis=0) < 0.05
+    i = cell.astype(np.int64) & (_LATTICE_SIZE - 1)
+    shade = 0.6 * _LATTICE[(i[0] * _LATTICE_SIZE + i[1]) * _LATTICE_SIZE + i[2]]
+    return np.where(mortar, 1.0, shade)
+
+
+def _marble(p: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    """Bands along `axis` bent by value noise."""
+    return 0.5 + 0.5 * np.sin(np.pi * (axis @ p) + 4.0 * _value_noise(p))
+
+
 _PATTERNS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "checker": _checker, "stripes": _stripes, "noise": _noise, "plain": _plain,
+    "bricks": _bricks, "marble": _marble,
 }
+_PATTERN_PROBABILITY = (0.2, 0.15, 0.2, 0.1, 0.2, 0.15)
 # Feature size of each pattern in pattern units, to fade its detail with distance.
-_FEATURE = {"checker": 1.0, "stripes": 0.5, "noise": 1.0, "plain": 1.0}
+_FEATURE = {"checker": 1.0, "stripes": 0.5, "noise": 1.0, "plain": 1.0, "bricks": 0.1, "marble": 1.0}
 
 
 @dataclass(frozen=True)
@@ -135,7 +166,7 @@ def _sample_material(
 ) -> _Material:
     """Random base colour and pattern; large surfaces get duller colours via `saturation`."""
     hue, sat, val = rng.random(), rng.uniform(*saturation), rng.uniform(0.35, 0.95)
-    pattern = str(rng.choice(list(_PATTERNS), p=[0.3, 0.25, 0.3, 0.15]))
+    pattern = str(rng.choice(list(_PATTERNS), p=_PATTERN_PROBABILITY))
     accent = (hue, sat, val) if pattern == "plain" else (
         hue + rng.uniform(-0.15, 0.15), sat * rng.uniform(0.3, 1.2), val * rng.uniform(0.25, 0.7))
     axis = rng.normal(size=3)
@@ -340,8 +371,12 @@ class _Camera:
     width: int
 
     @property
+    def rig_to_world(self) -> np.ndarray:
+        return _yaw_matrix(self.yaw)
+
+    @property
     def to_world(self) -> np.ndarray:
-        return _yaw_matrix(self.yaw) @ self.tilt
+        return self.rig_to_world @ self.tilt
 
     def rays(self) -> np.ndarray:
         """(3, H*W) world directions through pixel centres, unit forward component."""
@@ -466,7 +501,7 @@ def _sample_light(rng: np.random.Generator) -> _Light:
     elevation, azimuth = np.radians(rng.uniform(20.0, 70.0)), rng.uniform(0.0, 2 * np.pi)
     direction = np.array([np.cos(elevation) * np.sin(azimuth), np.sin(elevation),
                           np.cos(elevation) * np.cos(azimuth)])
-    sun = _hsv(rng.uniform(0.05, 0.15), rng.uniform(0.0, 0.3), rng.uniform(0.55, 0.9))
+    sun = _hsv(rng.uniform(0.05, 0.15), rng.uniform(0.0, 0.3), rng.uniform(0.35, 0.95))
     ambient = _hsv(rng.uniform(0.5, 0.65), rng.uniform(0.0, 0.3), rng.uniform(0.25, 0.45))
     fog = _hsv(rng.uniform(0.5, 0.65), rng.uniform(0.0, 0.2), rng.uniform(0.55, 0.85))
     return _Light(direction, sun, ambient, rng.uniform(0.0, 0.5), rng.uniform(15.0, 45.0), fog)
@@ -485,13 +520,12 @@ def _sample_scene(
 # ----------------------------------------------------------------------------- rendering
 
 
-def _trace(scene: _Scene, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest hit distance and surface id (index into scene.surfaces) per primary ray.
+def _trace(scene: _Scene, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest hit parameter and surface id (index into scene.surfaces) per ray from origin.
 
     Each shape is tested exactly only on the rays inside the cone its bounding
-    sphere subtends at the camera, which keeps small or distant shapes cheap.
+    sphere subtends at the origin, which keeps small or distant shapes cheap.
     """
-    origin = scene.camera.origin
     unit = dirs / np.sqrt(_dot(dirs, dirs))
     t, ids = scene.room.exit(origin, dirs)
     for k, shape in enumerate(scene.shapes, start=len(scene.room.faces)):
@@ -547,14 +581,21 @@ def _surface_properties(
     return normals, albedo
 
 
-def _shade(scene: _Scene, dirs: np.ndarray, t: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Lambertian sun with cast shadows, ambient, a fading headlight and distance fog.
+def _by_surface(scene: _Scene, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Order sorting hits by surface, its inverse, and the slice ends of each surface.
 
-    Pixels are shaded in surface order (one sort) so each surface works on
-    contiguous slices, then put back in image order.
+    Working in surface order (one sort) lets each surface handle contiguous slices.
     """
     order = np.argsort(ids.astype(np.uint8), kind="stable")
     ends = np.searchsorted(ids[order], np.arange(len(scene.surfaces) + 1))
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return order, inverse, ends
+
+
+def _shade(scene: _Scene, dirs: np.ndarray, t: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Lambertian sun with cast shadows, ambient, a fading headlight and distance fog."""
+    order, inverse, ends = _by_surface(scene, ids)
     dirs, t = np.take(dirs, order, axis=1), t[order]
     light = scene.light
     ray_len = np.sqrt(_dot(dirs, dirs))
@@ -570,49 +611,50 @@ def _shade(scene: _Scene, dirs: np.ndarray, t: np.ndarray, ids: np.ndarray) -> n
     colour = albedo * (_col(light.ambient) + sun * _col(light.sun) + head)
     fog = np.exp(-dist / light.fog_distance)
     colour = colour * fog + _col(light.fog_colour) * (1.0 - fog)
-    image_order = np.empty_like(order)
-    image_order[order] = np.arange(len(order))
-    return np.take(colour, image_order, axis=1)
+    return np.take(colour, inverse, axis=1)
 
 
-def _scan_pixels(
-    camera: _Camera, elevation: np.ndarray, phase: np.ndarray, step: float
-) -> np.ndarray:
-    """Flat indices of the pixels hit by beams at these elevations, one shot per step."""
-    h, w, f = camera.height, camera.width, camera.focal
-    half_span = np.arctan(w / 2 / f) * 1.05
-    el, az = np.meshgrid(elevation, np.arange(-half_span, half_span, step), indexing="ij")
-    el, az = el.ravel(), (az + phase[:, None] * step).ravel()
-    level = np.stack([np.cos(el) * np.sin(az), np.sin(el), np.cos(el) * np.cos(az)])
-    x, y, z = camera.tilt.T @ level  # rig frame to camera frame
-    u, v = w / 2 + f * x / z, h / 2 - f * y / z
-    inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-    rows, cols = np.floor(v[inside]).astype(np.int64), np.floor(u[inside]).astype(np.int64)
-    return np.unique(rows * w + cols)
+def _lidar_hits(
+    scene: _Scene, origin: np.ndarray, dirs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scene as a `lidar_sim.Trace`: distance, beam-facing normal and albedo per unit ray."""
+    t, ids = _trace(scene, origin, dirs)
+    order, inverse, ends = _by_surface(scene, ids)
+    dirs, dist = np.take(dirs, order, axis=1), t[order]
+    points = _col(origin) + dist * dirs
+    normals, albedo = _surface_properties(scene, points, dirs, dist, ends)
+    return t, np.take(normals, inverse, axis=1), np.take(albedo, inverse, axis=1)
 
 
-def _lidar_pattern(rng: np.random.Generator, camera: _Camera) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel rows/cols hit by a spinning scanner mounted level at the camera.
+@dataclass(frozen=True)
+class _Response:
+    """How one camera records the scene: optics, exposure, sensor noise, tone curve."""
 
-    Beams sit at fixed elevations spanning the camera's vertical field of view (a
-    near-field scanner, so the whole image gets returns), denser towards the bottom
-    where the ground is near, so their image traces are
-    curves with uneven spacing; each beam fires with its own azimuth phase, as the
-    lasers of a real head do. The azimuth step is tuned (a guess, then one correction
-    for beams sharing pixels) to 3.5-5 % pixel coverage after 10-30 % dropout,
-    whatever the image size.
-    """
-    beams = rng.integers(32, 65)
-    upper, lower = np.radians(rng.uniform(16.0, 20.0)), np.radians(rng.uniform(-26.0, -22.0))
-    elevation = upper + (lower - upper) * np.linspace(0.0, 1.0, beams) ** 1.4
-    phase = rng.random(beams)
-    dropout, density = rng.uniform(0.1, 0.3), rng.uniform(0.035, 0.05)
-    wanted = density * camera.height * camera.width / (1.0 - dropout)
-    step = 2 * np.radians(HFOV_DEG / 2) * beams / wanted
-    step *= np.clip(len(_scan_pixels(camera, elevation, phase, step)) / wanted, 0.25, 4.0)
-    pixels = _scan_pixels(camera, elevation, phase, step)
-    kept = pixels[rng.random(len(pixels)) >= dropout]
-    return kept // camera.width, kept % camera.width
+    blur: float  # Gaussian point spread, sigma in pixels
+    gain: float  # exposure
+    shot: float  # photon noise variance per unit signal
+    read: float  # read noise, sigma
+    gamma: float  # encoded value = linear ** (1 / gamma)
+
+
+def _sample_response(rng: np.random.Generator) -> _Response:
+    return _Response(
+        blur=rng.uniform(0.0, 1.0),
+        gain=float(np.exp(rng.uniform(np.log(0.7), np.log(1.4)))),
+        shot=float(np.exp(rng.uniform(np.log(1e-4), np.log(2e-3)))),
+        read=rng.uniform(0.002, 0.01),
+        gamma=rng.uniform(0.8, 1.25),
+    )
+
+
+def _develop(rng: np.random.Generator, response: _Response, radiance: np.ndarray) -> np.ndarray:
+    """(H, W, 3) image in [0, 1] from linear radiance: blur, exposure, shot and read noise,
+    clipping, tone curve. Varying each per image keeps the network from learning one
+    renderer's look instead of depth."""
+    blurred = ndimage.gaussian_filter(radiance, (response.blur, response.blur, 0.0), mode="nearest")
+    signal = np.clip(blurred * response.gain, 0.0, None)
+    noise = np.sqrt(response.shot * signal + response.read**2) * rng.standard_normal(signal.shape)
+    return np.clip(signal + noise, 0.0, 1.0) ** (1.0 / response.gamma)
 
 
 def render_scene(
@@ -622,25 +664,29 @@ def render_scene(
     *,
     min_depth: float = 0.5,
     max_depth: float = 15.0,
+    lidar: LidarParams = DEFAULT_LIDAR,
 ) -> dict[str, np.ndarray]:
     """Render one random scene.
 
-    Returns float32 rgb (H, W, 3) in [0, 1], and depth (z-depth, not ray length) and
-    lidar (H, W) in metres with 0 wherever there is no value in (min_depth, max_depth).
+    Returns float32 rgb (H, W, 3) in [0, 1] as a randomised camera records it, depth
+    (the exact z-depth of the scene, not ray length) and lidar (the simulated sensor's
+    z-depth, `lidar_sim`), both (H, W) in metres with 0 wherever there is no value in
+    (min_depth, max_depth). Scene, LiDAR and camera draw from their own streams, so the
+    LiDAR's parameters change nothing else.
     """
-    scene = _sample_scene(rng, height, width, min_depth, max_depth)
+    scene_rng, lidar_rng, camera_rng = rng.spawn(3)
+    scene = _sample_scene(scene_rng, height, width, min_depth, max_depth)
     dirs = scene.camera.rays()
-    t, ids = _trace(scene, dirs)
-    rgb = np.clip(_shade(scene, dirs, t, ids).T.reshape(height, width, 3), 0.0, 1.0)
+    t, ids = _trace(scene, scene.camera.origin, dirs)
+    radiance = _shade(scene, dirs, t, ids).T.reshape(height, width, 3)
     z = t.reshape(height, width)
     depth = np.where((z > min_depth) & (z < max_depth), z, 0.0)
-    lidar = np.zeros_like(depth)
-    rows, cols = _lidar_pattern(rng, scene.camera)
-    lidar[rows, cols] = depth[rows, cols]
+    sweep = lidar_sim.scan(lidar_rng, lidar, scene.camera, partial(_lidar_hits, scene))
+    rgb = _develop(camera_rng, _sample_response(camera_rng), radiance)
     return {
         "rgb": rgb.astype(np.float32),
         "depth": depth.astype(np.float32),
-        "lidar": lidar.astype(np.float32),
+        "lidar": sweep.depth_image(scene.camera, min_depth, max_depth).astype(np.float32),
     }
 
 
@@ -665,9 +711,13 @@ def generate_dataset(
     seed: int = 0,
     min_depth: float = 0.5,
     max_depth: float = 15.0,
+    lidar: LidarParams = DEFAULT_LIDAR,
     progress: bool = False,
 ) -> Path:
-    """Write a synthetic dataset in the folder layout; the same call writes identical files."""
+    """Write a synthetic dataset in the folder layout; the same call writes identical files.
+
+    meta.json, written last, records every parameter of the rendering, the LiDAR's included.
+    """
     root = Path(root)
     counts = dict(DEFAULT_COUNTS if counts is None else counts)
     for folder in ("rgb", "depth", "lidar"):
@@ -678,7 +728,7 @@ def generate_dataset(
             names = [sample_name(split, i) for i in range(count)]
             for i, name in enumerate(names):
                 sample = render_scene(sample_rng(seed, split, i), height, width,
-                                      min_depth=min_depth, max_depth=max_depth)
+                                      min_depth=min_depth, max_depth=max_depth, lidar=lidar)
                 write_rgb_png(root / "rgb" / f"{name}.png", sample["rgb"])
                 write_depth_png(root / "depth" / f"{name}.png", sample["depth"])
                 write_depth_png(root / "lidar" / f"{name}.png", sample["lidar"])
@@ -688,9 +738,15 @@ def generate_dataset(
         "generator": "jaxdepth.data.synthetic", "format_version": FORMAT_VERSION,
         "height": height, "width": width, "counts": counts, "seed": seed,
         "min_depth": min_depth, "max_depth": max_depth, "hfov_deg": HFOV_DEG,
+        "lidar": _as_json(lidar),
     }
     (root / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return root
+
+
+def _as_json(params: LidarParams) -> dict[str, Any]:
+    """The parameters as meta.json stores and reads them back (tuples become lists)."""
+    return json.loads(json.dumps(asdict(params)))
 
 
 def ensure_dataset(root: str | Path, **kwargs: Any) -> Path:
@@ -703,10 +759,11 @@ def ensure_dataset(root: str | Path, **kwargs: Any) -> Path:
     if not meta_path.is_file():
         return generate_dataset(root, **kwargs)
     meta = json.loads(meta_path.read_text())
-    wanted = {"format_version": FORMAT_VERSION, **{k: v for k, v in kwargs.items() if k in meta}}
+    wanted = {"format_version": FORMAT_VERSION, **{k: v for k, v in kwargs.items() if k in meta},
+              "lidar": _as_json(kwargs.get("lidar", DEFAULT_LIDAR))}
     if "counts" in wanted and wanted["counts"] is None:
         wanted.pop("counts")
-    differ = {k: (meta[k], v) for k, v in wanted.items() if meta[k] != v}
+    differ = {k: (meta.get(k), v) for k, v in wanted.items() if meta.get(k) != v}
     if differ:
         detail = ", ".join(f"{k}: {a!r} on disk, {b!r} asked" for k, (a, b) in differ.items())
         raise DataError(f"{meta_path}: the data set there was rendered with other parameters "
