@@ -1,0 +1,301 @@
+"""One Adam train step of jaxdepth and of the same network in PyTorch, side by side.
+
+The PyTorch model below is written from ``jaxdepth.models`` layer for layer: ResNet-18
+encoder with the input normalisation inside, the SAN (max-pool by 2, mask concatenated,
+parallel conv+BN+ReLU paths summed) fused by per-channel gates, the monodepth2 decoder
+with nearest x2 upsampling and sigmoid heads at scales 0..3, heads resized bilinearly to
+full resolution for the integer/fraction loss, gradient clipping and AdamW. Both sides
+use 2 threads and the same shapes; the two frameworks' steps alternate (A B A B ...) so
+both see the same machine load, and the medians are compared.
+
+torch is a benchmark-only dependency: ``pip install -e '.[bench]'``. Usage:
+    python bench/torch_reference.py [--config configs/default.yaml] [--steps 5]
+        [--shapes 192x640x2 64x224x8] [--variants rgb san] [--set k=v ...]
+Prints a table and one JSON line (``ratio`` = jaxdepth step time / PyTorch step time).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+THREADS = 2
+RGB_MEAN, RGB_STD = 0.45, 0.225
+BN_MOMENTUM = 0.1        # torch convention: flax's 0.9 running-average decay
+BN_EPS = 1e-5
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+class ConvBlock(nn.Sequential):
+    """Conv with 'same' zero padding, + BatchNorm or bias, + ReLU (``layers.Conv``)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, bn: bool = True,
+                 relu: bool = True) -> None:
+        parts: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=not bn)]
+        if bn:
+            parts.append(nn.BatchNorm2d(cout, BN_EPS, BN_MOMENTUM))
+        if relu:
+            parts.append(nn.ReLU())
+        super().__init__(*parts)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = ConvBlock(cin, cout, 3, stride)
+        self.conv2 = ConvBlock(cout, cout, 3, relu=False)
+        self.shortcut = (ConvBlock(cin, cout, 1, stride, relu=False)
+                         if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
+
+
+CHANNELS = (64, 64, 128, 256, 512)
+
+
+class ResNet18Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = ConvBlock(3, CHANNELS[0], 7, 2)
+        self.layers = nn.ModuleList()
+        cin = CHANNELS[0]
+        for i, cout in enumerate(CHANNELS[1:]):
+            stride = 1 if i == 0 else 2
+            self.layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
+            cin = cout
+
+    def forward(self, rgb: torch.Tensor) -> list[torch.Tensor]:
+        x = self.conv1((rgb - RGB_MEAN) / RGB_STD)
+        features = [x]
+        x = F.max_pool2d(x, 3, 2, 1)
+        for layer in self.layers:
+            x = layer(x)
+            features.append(x)
+        return features
+
+
+class SparseStage(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int, path_depths: tuple[int, ...]) -> None:
+        super().__init__()
+        self.paths = nn.ModuleList(
+            nn.Sequential(*[ConvBlock(cin + 1 if j == 0 else cout, cout, kernel) for j in range(d)])
+            for d in path_depths)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([x, mask], 1)
+        return sum(path(x) for path in self.paths)
+
+
+class SparseEncoder(nn.Module):
+    def __init__(self, kernels: tuple[int, ...], path_depths: tuple[int, ...], min_depth: float) -> None:
+        super().__init__()
+        self.min_depth = min_depth
+        cins = (1,) + CHANNELS[:-1]
+        self.stages = nn.ModuleList(SparseStage(ci, co, k, path_depths)
+                                    for ci, co, k in zip(cins, CHANNELS, kernels))
+
+    def forward(self, lidar: torch.Tensor) -> list[torch.Tensor]:
+        mask = (lidar > 0).float()
+        x = torch.where(lidar > 0, self.min_depth / lidar.clamp(min=self.min_depth), 0.0)
+        features = []
+        for stage in self.stages:
+            x, mask = F.max_pool2d(x, 2), F.max_pool2d(mask, 2)
+            x = stage(x, mask)
+            features.append(x)
+        return features
+
+
+class Fusion(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.gate = nn.Parameter(torch.full((1, channels, 1, 1), 0.5))
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, rgb: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        s = torch.sigmoid(self.gate)
+        return s * rgb + (1 - s) * sparse + self.bias
+
+
+class DepthDecoder(nn.Module):
+    def __init__(self, channels: tuple[int, ...], out_channels: int, num_scales: int) -> None:
+        super().__init__()
+        self.num_scales = num_scales
+        self.up0, self.up1, self.heads = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for i in range(len(channels)):
+            cin = CHANNELS[-1] if i == len(channels) - 1 else channels[i + 1]
+            skip = CHANNELS[i - 1] if i > 0 else 0
+            self.up0.append(ConvBlock(cin, channels[i], 3, bn=False))
+            self.up1.append(ConvBlock(channels[i] + skip, channels[i], 3, bn=False))
+        self.heads = nn.ModuleList(ConvBlock(channels[i], out_channels, 3, bn=False, relu=False)
+                                   for i in range(num_scales))
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        x, heads = features[-1], []
+        for i in range(len(self.up0) - 1, -1, -1):
+            x = F.interpolate(self.up0[i](x), scale_factor=2, mode="nearest")
+            if i > 0:
+                x = torch.cat([x, features[i - 1]], 1)
+            x = self.up1[i](x)
+            if i < self.num_scales:
+                heads.append(torch.sigmoid(self.heads[i](x)))
+        return heads[::-1]
+
+
+class ResNetSAN(nn.Module):
+    def __init__(self, model_cfg, out_channels: int) -> None:
+        super().__init__()
+        self.encoder = ResNet18Encoder()
+        self.san = (SparseEncoder(tuple(model_cfg.san_kernels), tuple(model_cfg.san_path_depths),
+                                  model_cfg.min_depth) if model_cfg.sparse else None)
+        self.fuse = nn.ModuleList(Fusion(c) for c in CHANNELS) if model_cfg.sparse else None
+        self.decoder = DepthDecoder(tuple(model_cfg.decoder_channels), out_channels, model_cfg.num_scales)
+
+    def forward(self, rgb: torch.Tensor, lidar: torch.Tensor | None,
+                has_lidar: torch.Tensor | None) -> list[torch.Tensor]:
+        features = self.encoder(rgb)
+        if self.san is not None and lidar is not None:
+            fused = [f(x, s) for f, x, s in zip(self.fuse, features, self.san(lidar))]
+            features = [torch.where(has_lidar.view(-1, 1, 1, 1), a, b) for a, b in zip(fused, features)]
+        return self.decoder(features)
+
+
+def intfrac_loss(heads: list[torch.Tensor], depth: torch.Tensor, min_depth: float,
+                 max_depth: float) -> torch.Tensor:
+    """``encodings.IntegerFraction.loss`` averaged over the scales (``multiscale_loss``)."""
+    mask = ((depth > min_depth) & (depth < max_depth)).float()
+    count = mask.sum().clamp(min=1.0)
+    d = depth.clamp(0.0, max_depth)
+    whole = torch.floor(d)
+    t_int, t_frac = whole / max_depth, d - whole
+    total = 0.0
+    for head in heads:
+        head = F.interpolate(head, size=depth.shape[-2:], mode="bilinear", align_corners=False)
+        s_int, s_frac = head[:, 0], head[:, 1]
+        pred = (max_depth * s_int + s_frac).clamp(min_depth, max_depth)
+        total = total + ((s_int - t_int).abs() * mask).sum() / count \
+            + 10.0 * ((s_frac - t_frac).abs() * mask).sum() / count \
+            + 0.5 * ((pred - depth).abs() * mask).sum() / count
+    return total / len(heads)
+
+
+def torch_step(cfg, batch: dict) -> Callable[[], None]:
+    """One train step of the PyTorch network on ``batch`` (NHWC numpy, as jaxdepth's)."""
+    torch.manual_seed(0)
+    model = ResNetSAN(cfg.model, out_channels=2).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=cfg.train.weight_decay)
+    rgb = torch.from_numpy(batch["rgb"]).permute(0, 3, 1, 2).contiguous()
+    depth = torch.from_numpy(batch["depth"])
+    lidar = torch.from_numpy(batch["lidar"])[:, None] if cfg.model.sparse else None
+    gen = torch.Generator().manual_seed(0)
+
+    def run() -> None:
+        has_lidar = torch.rand(rgb.shape[0], generator=gen) >= cfg.data.lidar_drop
+        loss = intfrac_loss(model(rgb, lidar, has_lidar), depth, cfg.model.min_depth, cfg.model.max_depth)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+
+    return run
+
+
+def jax_step(cfg, batch: dict) -> Callable[[], None]:
+    """One jitted jaxdepth train step (``train_lib.make_train_step``) on ``batch``."""
+    import jax
+
+    from jaxdepth.encodings import get_encoding
+    from jaxdepth.models import build_model
+    from jaxdepth.train_lib import init_state, make_mesh, make_optimizer, make_train_step, replicate, shard_batch
+
+    mesh, opt, model = make_mesh(), make_optimizer(cfg), build_model(cfg.model)
+    holder = {"state": replicate(init_state(model, opt, 0, cfg.data.height, cfg.data.width), mesh)}
+    step = make_train_step(model, get_encoding(cfg.model), opt, cfg, mesh, qat=False)
+    sharded = shard_batch(batch, mesh)
+
+    def run() -> None:
+        holder["state"], stats = step(holder["state"], sharded)
+        jax.block_until_ready(stats)
+
+    return run
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def random_batch(b: int, h: int, w: int) -> dict:
+    rng = np.random.default_rng(0)
+    return {"rgb": rng.random((b, h, w, 3), np.float32),
+            "depth": rng.uniform(0.5, 15, (b, h, w)).astype(np.float32),
+            "lidar": np.where(rng.random((b, h, w)) < 0.05, rng.uniform(0.5, 15, (b, h, w)), 0).astype(np.float32)}
+
+
+def seconds(fn: Callable[[], None]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def compare(cfg, steps: int) -> dict:
+    """Warm-up (compilation) of both, then ``steps`` alternating timed steps of each."""
+    d = cfg.data
+    batch = random_batch(d.batch_size, d.height, d.width)
+    runs = {"jaxdepth": jax_step(cfg, batch), "pytorch": torch_step(cfg, batch)}
+    first = {k: seconds(fn) for k, fn in runs.items()}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(steps):
+        for k, fn in runs.items():
+            times[k].append(seconds(fn))
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {"height": d.height, "width": d.width, "batch": d.batch_size, "sparse": cfg.model.sparse,
+            "jaxdepth_s": round(med["jaxdepth"], 3), "pytorch_s": round(med["pytorch"], 3),
+            "jaxdepth_range_s": [round(min(times["jaxdepth"]), 3), round(max(times["jaxdepth"]), 3)],
+            "pytorch_range_s": [round(min(times["pytorch"]), 3), round(max(times["pytorch"]), 3)],
+            "ratio": round(med["jaxdepth"] / med["pytorch"], 3),
+            "jaxdepth_first_s": round(first["jaxdepth"], 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--shapes", nargs="+", default=["192x640x2", "64x224x8"], metavar="HxWxB")
+    parser.add_argument("--variants", nargs="+", default=["rgb", "san"], choices=["rgb", "san"])
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    torch.set_num_interop_threads(1)
+    from jaxdepth.cli import setup_jax
+    setup_jax()
+    import jax
+
+    from jaxdepth.config import load_config
+
+    rows = []
+    for shape in args.shapes:
+        h, w, b = (int(v) for v in shape.split("x"))
+        for variant in args.variants:
+            cfg = load_config(args.config, args.overrides + [
+                f"data.height={h}", f"data.width={w}", f"data.batch_size={b}", "model.encoding=intfrac",
+                f"model.sparse={'true' if variant == 'san' else 'false'}"])
+            rows.append({"variant": variant, **compare(cfg, args.steps)})
+
+    print(f"{'network':<8}{'HxW':>9}{'batch':>6}{'jaxdepth s':>12}{'PyTorch s':>11}{'ratio':>7}")
+    for r in rows:
+        print(f"{r['variant']:<8}{r['height']:>4}x{r['width']:<4}{r['batch']:>6}{r['jaxdepth_s']:>12.3f}"
+              f"{r['pytorch_s']:>11.3f}{r['ratio']:>7.2f}")
+    print(json.dumps({"bench": "torch_reference", "torch": torch.__version__, "jax": jax.__version__,
+                      "threads": THREADS, "steps": args.steps, "results": rows}))
+
+
+if __name__ == "__main__":
+    main()
