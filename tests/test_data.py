@@ -25,7 +25,7 @@ from jaxdepth.data import (
     write_depth_png,
 )
 from jaxdepth.data.lidar_sim import LidarParams
-from jaxdepth.data.synthetic import FORMAT_VERSION, sample_name, sample_rng
+from jaxdepth.data.synthetic import FORMAT_VERSION, _develop, _Response, sample_name, sample_rng
 
 H, W = 32, 64
 COUNTS = {"train": 5, "val": 2, "test": 1, "calib": 1}
@@ -87,6 +87,23 @@ def test_lidar_parameters_change_only_the_lidar() -> None:
     np.testing.assert_array_equal(a["rgb"], b["rgb"])
     np.testing.assert_array_equal(a["depth"], b["depth"])  # ground truth is the exact scene
     assert not np.array_equal(a["lidar"], b["lidar"])
+
+
+def test_camera_blur_and_noise_follow_their_parameters() -> None:
+    rng = np.random.default_rng(0)
+    flat = np.full((3, 64, 64), 0.25)
+    noisy = _develop(rng, _Response(blur=0.0, gain=2.0, shot=1e-3, read=0.01, gamma=1.0), flat)
+    # shot noise variance grows with the exposed signal (0.5), read noise adds a floor
+    assert noisy.mean() == pytest.approx(0.5, abs=0.002)
+    assert noisy.std() == pytest.approx(np.sqrt(1e-3 * 0.5 + 0.01**2), rel=0.05)
+    toned = _develop(rng, _Response(blur=0.0, gain=1.0, shot=0.0, read=0.0, gamma=2.0), flat)
+    np.testing.assert_allclose(toned, 0.5, rtol=1e-6)  # 0.25 ** (1 / 2)
+    dot = np.zeros((3, 33, 33))
+    dot[:, 16, 16] = 1.0
+    spread = _develop(rng, _Response(blur=1.5, gain=1.0, shot=0.0, read=0.0, gamma=1.0), dot)[..., 0]
+    offsets = np.arange(33) - 16
+    assert spread.sum() == pytest.approx(1.0, rel=1e-4)  # blur moves light, keeps it
+    assert np.sqrt((spread.sum(axis=1) * offsets**2).sum()) == pytest.approx(1.5, rel=0.02)
 
 
 def test_rendered_lidar_noise_matches_the_sensor() -> None:

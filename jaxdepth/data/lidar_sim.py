@@ -35,13 +35,13 @@ class LidarParams:
     HDL-64E datasheet: 64 lasers (rings), range accuracy < 2 cm (1 sigma), 50 m range on
     10 % reflective pavement. KITTI (Geiger et al., IJRR 2013; its velo-to-cam
     calibration): the sensor sits about 0.08 m above and 0.27 m behind the left cameras.
-    Two values are scaled to these small, near-field scenes rather than copied:
-    the scanned elevations span the camera's vertical view (the HDL-64E's +2 to -24.8
-    degrees would leave the top of the image empty), and the azimuth step is tuned per
-    image size so the shots fall on `coverage` of the pixels, the few % of KITTI's
-    projected scans (a real 0.17 degree step would hit most pixels of a 224-wide image).
-    `detection_range` is also scaled: at 50 m for 10 % reflectance nothing within 15 m
-    would be lost, while real scans do lose dark, far and grazing surfaces.
+    Three values are scaled to these small, near-field scenes rather than copied: the
+    scanned elevations span the camera's vertical view (the HDL-64E's +2 to -24.8 degrees
+    would leave the top of the image empty); the azimuth step is tuned per image size so
+    the shots fall on `coverage` of the pixels, the few % of KITTI's projected scans (a
+    real step of under 0.2 degrees would hit most pixels of a 224-wide image); and
+    `detection_range`, since at 50 m for 10 % reflectance nothing within 15 m would be
+    lost, while real scans do lose dark, far and grazing surfaces.
     """
 
     rings: int = 64

@@ -22,7 +22,7 @@ import json
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -380,10 +380,18 @@ class _Camera:
 
     def rays(self) -> np.ndarray:
         """(3, H*W) world directions through pixel centres, unit forward component."""
-        v, u = np.mgrid[0:self.height, 0:self.width]
-        x = (u.ravel() + 0.5 - self.width / 2) / self.focal
-        y = -(v.ravel() + 0.5 - self.height / 2) / self.focal
-        return self.to_world @ np.stack([x, y, np.ones_like(x)])
+        return self.to_world @ _pixel_directions(self.height, self.width, self.focal)
+
+
+@lru_cache(maxsize=4)
+def _pixel_directions(height: int, width: int, focal: float) -> np.ndarray:
+    """(3, H*W) camera-frame directions through pixel centres; the same for every image."""
+    v, u = np.mgrid[0:height, 0:width]
+    x = (u.ravel() + 0.5 - width / 2) / focal
+    y = -(v.ravel() + 0.5 - height / 2) / focal
+    directions = np.stack([x, y, np.ones_like(x)])
+    directions.flags.writeable = False
+    return directions
 
 
 @dataclass(frozen=True)
@@ -648,13 +656,16 @@ def _sample_response(rng: np.random.Generator) -> _Response:
 
 
 def _develop(rng: np.random.Generator, response: _Response, radiance: np.ndarray) -> np.ndarray:
-    """(H, W, 3) image in [0, 1] from linear radiance: blur, exposure, shot and read noise,
-    clipping, tone curve. Varying each per image keeps the network from learning one
-    renderer's look instead of depth."""
-    blurred = ndimage.gaussian_filter(radiance, (response.blur, response.blur, 0.0), mode="nearest")
-    signal = np.clip(blurred * response.gain, 0.0, None)
-    noise = np.sqrt(response.shot * signal + response.read**2) * rng.standard_normal(signal.shape)
-    return np.clip(signal + noise, 0.0, 1.0) ** (1.0 / response.gamma)
+    """(H, W, 3) float32 image in [0, 1] from (3, H, W) linear radiance: blur, exposure,
+    shot and read noise, clipping, tone curve. Varying each per image keeps the network
+    from learning one renderer's look instead of depth."""
+    blurred = ndimage.gaussian_filter(radiance.astype(np.float32), (0.0, response.blur, response.blur),
+                                      mode="nearest")
+    signal = np.clip(blurred * np.float32(response.gain), 0.0, None)
+    noise = np.sqrt(np.float32(response.shot) * signal + np.float32(response.read**2)) \
+        * rng.standard_normal(signal.shape, dtype=np.float32)
+    image = np.clip(signal + noise, 0.0, 1.0) ** np.float32(1.0 / response.gamma)
+    return np.ascontiguousarray(image.transpose(1, 2, 0))
 
 
 def render_scene(
@@ -678,13 +689,13 @@ def render_scene(
     scene = _sample_scene(scene_rng, height, width, min_depth, max_depth)
     dirs = scene.camera.rays()
     t, ids = _trace(scene, scene.camera.origin, dirs)
-    radiance = _shade(scene, dirs, t, ids).T.reshape(height, width, 3)
+    radiance = _shade(scene, dirs, t, ids).reshape(3, height, width)
     z = t.reshape(height, width)
     depth = np.where((z > min_depth) & (z < max_depth), z, 0.0)
     sweep = lidar_sim.scan(lidar_rng, lidar, scene.camera, partial(_lidar_hits, scene))
     rgb = _develop(camera_rng, _sample_response(camera_rng), radiance)
     return {
-        "rgb": rgb.astype(np.float32),
+        "rgb": rgb,
         "depth": depth.astype(np.float32),
         "lidar": sweep.depth_image(scene.camera, min_depth, max_depth).astype(np.float32),
     }
