@@ -1,0 +1,162 @@
+"""Post-training INT8 quantization: which calibration recipe gets closest to FP32?
+
+For each run folder (one trained model per output encoding), INT8 test metrics of its
+FP32 checkpoint calibrated with every activation range estimator x calibration set size
+x selection (random, depth-stratified) x weight granularity (per tensor, per channel) x
+cross-layer equalization (off, on), then the named recipes of ``jaxdepth.calibrate``,
+then the run's QAT checkpoint; FP32 and the baselines without a network first. Prints a
+markdown table and one JSON line. Usage:
+
+    python bench/ptq_table.py RUN [RUN ...] [--quick] [--split test] [--json PATH]
+
+``--quick``: min-max and MSE, 100 images, CLE off and on (the CI-sized subset).
+INT8 metrics are the fake-quant model's, whose codes the integer export reproduces exactly
+(tests/test_export.py, tests/test_ptq.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from common import machine
+
+ESTIMATORS = ("minmax", "percentile", "mse", "kl")
+NUMS = (100, 300)
+SELECTS = ("random", "stratified")
+METRICS = ("abs_rel", "rmse", "a1")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run folders (their checkpoints/fp32 and best_qat)")
+    p.add_argument("--quick", action="store_true", help="min-max and MSE, 100 images only")
+    p.add_argument("--split", default="test")
+    p.add_argument("--calib-split", default="calib")
+    p.add_argument("--recipes", nargs="*", default=["minmax", "npu", "per_channel"],
+                   help="named recipes of jaxdepth.calibrate to add as rows")
+    p.add_argument("--json", default=None, help="also write the JSON line to this file")
+    args = p.parse_args()
+    from jaxdepth.cli import setup_jax
+    setup_jax()
+    return args
+
+
+def load(path: Path):
+    from jaxdepth import checkpoint
+    from jaxdepth.config import absolute_paths, config_from_dict
+
+    state, meta, step_dir = checkpoint.load(path)
+    return (absolute_paths(config_from_dict(meta["config"])),
+            {k: state[k] for k in ("params", "batch_stats", "quant")}, step_dir)
+
+
+def with_preset(cfg, preset: str):
+    import dataclasses
+    return dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, preset=preset))
+
+
+def table_for(run: Path, args: argparse.Namespace, log) -> list[dict]:
+    """Every row of one run folder."""
+    from jaxdepth.calibrate import PRESETS, calibration_batches
+    from jaxdepth.evaluate import Evaluator
+    from jaxdepth.models import build_model
+    from jaxdepth.quant import numerics as qn
+    from jaxdepth.quant.calibrate import Recipe, post_training_quantize, weights_preset
+    from jaxdepth.quant.cle import equalize
+    from jaxdepth.quant.ranges import collect_histograms, estimate, with_ranges
+
+    fp32_dir = run / "checkpoints" / "fp32"
+    cfg, fp32, _ = load(fp32_dir if fp32_dir.is_dir() else run)
+    enc, use_lidar = cfg.model.encoding, cfg.model.sparse
+    evaluators: dict[str, Evaluator] = {}
+
+    def evaluator(preset: str) -> Evaluator:
+        if preset not in evaluators:
+            evaluators[preset] = Evaluator(with_preset(cfg, preset))
+        return evaluators[preset]
+
+    def row(kind: str, metrics: dict, **fields) -> dict:
+        r = {"encoding": enc, "row": kind, **fields, **{k: metrics[k] for k in METRICS}}
+        log(r)
+        return r
+
+    base = evaluator(cfg.quant.preset)
+    fp32_metrics = base(fp32, args.split, "float")["metrics"]
+    rows = [row("fp32", fp32_metrics)]
+    rows += [row(f"baseline {name}", m) for name, m in base.baselines(args.split).items()]
+
+    estimators = ("minmax", "mse") if args.quick else ESTIMATORS
+    nums = (100,) if args.quick else NUMS
+    batches = {(n, s): calibration_batches(cfg, args.calib_split, n, s, 0, *_reference_bins())[0]
+               for n in nums for s in SELECTS}
+    float_model = build_model(cfg.model)
+    for cle in (False, True):
+        weights = equalize(fp32)[0] if cle else fp32
+        for (n, select), b in batches.items():
+            t0 = time.perf_counter()
+            hists = collect_histograms(float_model, weights, b, use_lidar, progress=False)
+            for est in estimators:
+                for per_channel in (False, True):
+                    preset = weights_preset(cfg.quant.preset, per_channel)
+                    ranges = estimate(hists, est, qn.get_scheme(preset).activation)
+                    variables = {**weights, "quant": with_ranges(weights["quant"], ranges)}
+                    m = evaluator(preset)(variables, args.split, "fake")["metrics"]
+                    rows.append(row("ptq", m, estimator=est, images=n, select=select,
+                                    weights="channel" if per_channel else "tensor", cle=cle,
+                                    calib_s=round(time.perf_counter() - t0, 1)))
+                    t0 = time.perf_counter()
+    b = batches[(nums[-1], "stratified")]
+    for name in args.recipes:
+        t0 = time.perf_counter()
+        variables, preset = post_training_quantize(cfg.model, cfg.quant.preset, fp32, b, use_lidar,
+                                                   Recipe(**PRESETS[name]))
+        calib_s = round(time.perf_counter() - t0, 1)
+        m = evaluator(preset)(variables, args.split, "fake")["metrics"]
+        rows.append(row(f"recipe {name}", m, images=nums[-1], select="stratified",
+                        weights="channel" if qn.get_scheme(preset).per_channel_weights else "tensor",
+                        calib_s=calib_s))
+    qat_dir = run / "checkpoints" / "best_qat"
+    if qat_dir.is_dir():
+        qcfg, qat, _ = load(qat_dir)
+        rows.append(row("qat", Evaluator(qcfg)(qat, args.split, "fake")["metrics"]))
+    for r in rows:
+        r["vs_fp32"] = round(r["abs_rel"] / fp32_metrics["abs_rel"], 3)
+    return rows
+
+
+def _reference_bins():
+    from jaxdepth.data.selection import REFERENCE_EDGES, REFERENCE_SHARES
+    return list(REFERENCE_EDGES), list(REFERENCE_SHARES)
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| encoding | row | estimator | images | selection | weights | CLE | abs_rel | rmse (m) "
+            "| a1 | abs_rel / FP32 |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        cle = {True: "on", False: "off"}.get(r.get("cle"), "")
+        lines.append(f"| {r['encoding']} | {r['row']} | {r.get('estimator', '')} | {r.get('images', '')} "
+                     f"| {r.get('select', '')} | {r.get('weights', '')} | {cle} | {r['abs_rel']:.4f} "
+                     f"| {r['rmse']:.3f} | {r['a1']:.4f} | {r['vs_fp32']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    t0 = time.perf_counter()
+    log = lambda r: print(json.dumps(r), file=sys.stderr, flush=True)
+    rows = [r for run in args.runs for r in table_for(Path(run), args, log)]
+    print(markdown(rows))
+    record = {"bench": "ptq_table", "machine": machine(), "quick": args.quick, "split": args.split,
+              "seconds": round(time.perf_counter() - t0), "rows": rows}
+    line = json.dumps(record)
+    print(line)
+    if args.json:
+        Path(args.json).write_text(line + "\n")
+
+
+if __name__ == "__main__":
+    main()

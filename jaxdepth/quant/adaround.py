@@ -1,0 +1,140 @@
+"""AdaRound (Nagel et al., ICML 2020): learned up/down rounding of each conv's weights.
+
+Nearest rounding minimises each weight's own error, not the error of the layer's output.
+AdaRound chooses, per weight, ``floor(w / s)`` or ``floor(w / s) + 1`` to minimise
+``||(W_q - W) x||^2`` over the layer's inputs ``x``, relaxing the choice to a rectified
+sigmoid ``h(V)`` and annealing a regulariser that drives ``h`` to 0 or 1.
+
+Here the inputs are ``PATCHES`` input patches per conv, sampled from the fake-quant
+model's conv inputs on the calibration data (``taps``), and ``s`` is AQT's scale of the
+folded kernel (per tensor or per channel), which the rounding keeps: the weights at
+``+-127`` (those that set AbsMax's scale) keep nearest rounding. The result is written as
+a folded kernel on the integer grid, ``s * codes``, so AQT's quantizer reproduces the
+chosen codes. A layer whose optimised rounding does not beat nearest rounding on the
+objective keeps nearest rounding.
+"""
+from __future__ import annotations
+
+import functools
+import zlib
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from jaxdepth.quant import aqt_backend
+from jaxdepth.quant.folding import FoldedConvs
+from jaxdepth.quant.freeze import freeze
+from jaxdepth.quant.taps import conv_taps
+
+PATCHES = 256          # input patches per conv and batch
+ITERATIONS = 300
+ZETA, GAMMA = 1.1, -0.1
+REG_WEIGHT = 0.01
+BETA = (20.0, 2.0)     # regulariser temperature, annealed over the iterations
+WARMUP = 0.2           # share of iterations without the regulariser
+
+
+def rectified_sigmoid(v: jax.Array) -> jax.Array:
+    return jnp.clip(jax.nn.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+
+
+def objective(codes: jax.Array, scale: jax.Array, w: jax.Array, x: jax.Array) -> jax.Array:
+    """``mean ||x (s * codes - w)||^2`` over patches ``x`` (P, D) for a kernel (D, C)."""
+    return jnp.mean(jnp.square(x @ (codes * scale - w)))
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def optimise_rounding(w: jax.Array, scale: jax.Array, x: jax.Array, iterations: int = ITERATIONS,
+                      lr: float = 1e-2) -> jax.Array:
+    """Codes in [-127, 127] of kernel ``w`` (D, C) with scale ``scale`` (() or (C,))
+    minimising ``objective`` on patches ``x``; nearest rounding where that is better."""
+    ws = w / scale
+    base = jnp.floor(ws)
+    rest = ws - base
+    fixed = jnp.abs(ws) > 126.5            # the AbsMax weights: their code sets the scale
+    v0 = -jnp.log((ZETA - GAMMA) / (jnp.clip(rest, 0.01, 0.99) - GAMMA) - 1)
+    opt = optax.adam(lr)
+
+    def codes_of(h):
+        return jnp.where(fixed, jnp.round(ws), jnp.clip(base + h, -127, 127))
+
+    rec_scale = jax.lax.stop_gradient(objective(codes_of(rest >= 0.5), scale, w, x)) + 1e-12
+
+    def loss(v, t):
+        h = rectified_sigmoid(v)
+        rec = objective(codes_of(h), scale, w, x)
+        frac = jnp.clip((t - WARMUP) / (1 - WARMUP), 0.0, 1.0)
+        beta = BETA[0] + (BETA[1] - BETA[0]) * frac
+        reg = jnp.sum(1 - jnp.abs(2 * h - 1) ** beta) * (t > WARMUP)
+        return rec + REG_WEIGHT * rec_scale * reg / h.size
+
+    def body(i, carry):
+        v, state = carry
+        g = jax.grad(loss)(v, i / iterations)
+        updates, state = opt.update(g, state)
+        return v + updates, state
+
+    v, _ = jax.lax.fori_loop(0, iterations, body, (v0, opt.init(v0)))
+    learned = codes_of((v >= 0).astype(w.dtype))
+    nearest = jnp.clip(jnp.round(ws), -127, 127)
+    better = objective(learned, scale, w, x) < objective(nearest, scale, w, x)
+    return jnp.where(better, learned, nearest)
+
+
+def _flat_kernel(k: jax.Array) -> jax.Array:
+    """HWIO kernel -> (I * H * W, O), matching ``conv_general_dilated_patches``' order."""
+    return jnp.transpose(k, (2, 0, 1, 3)).reshape(-1, k.shape[-1])
+
+
+def _unflat_kernel(m: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    h, w, i, o = shape
+    return np.transpose(np.asarray(m).reshape(i, h, w, o), (1, 2, 0, 3))
+
+
+def sample_patches(model: nn.Module, variables: dict, batches: Sequence[dict], use_lidar: bool,
+                   seed: int = 0, progress: bool = False) -> dict[str, np.ndarray]:
+    """``{conv path: (N, D)}`` input patches of every conv in the fake-quant model,
+    ``PATCHES`` per batch (and LiDAR mode), at random positions."""
+    @jax.jit
+    def step(variables, rgb, lidar, key):
+        def reduce(p, x, stride, padding):
+            kh = variables["params"]
+            for part in p.split("/"):
+                kh = kh[part]
+            k = kh["kernel"].shape[0]
+            patches = jax.lax.conv_general_dilated_patches(
+                x, (k, k), (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            flat = patches.reshape(-1, patches.shape[-1])
+            sub = jax.random.fold_in(key, zlib.crc32(p.encode()) % (2 ** 31))
+            return flat[jax.random.randint(sub, (PATCHES,), 0, flat.shape[0])]
+        return conv_taps(model, variables, rgb, lidar, reduce)
+
+    frozen = freeze(model, variables)
+    key = jax.random.PRNGKey(seed)
+    out: dict[str, list] = {}
+    for b, batch in enumerate(tqdm(batches, desc="adaround inputs", disable=not progress, leave=False)):
+        for m, lidar in enumerate((batch["lidar"], None) if use_lidar else (None,)):
+            got = jax.device_get(step(frozen, batch["rgb"], lidar, jax.random.fold_in(key, 2 * b + m)))
+            for p, x in got.items():
+                out.setdefault(p, []).append(x)
+    return {p: np.concatenate(xs) for p, xs in out.items()}
+
+
+def adaround(model: nn.Module, variables: dict, batches: Sequence[dict], use_lidar: bool,
+             iterations: int = ITERATIONS, progress: bool = False) -> dict:
+    """``variables`` with every conv's folded kernel replaced by its AdaRound codes times
+    AQT's scale (``model``: the fake-quant model of the scheme the weights are for)."""
+    patches = sample_patches(model, variables, batches, use_lidar, progress=progress)
+    per_channel = model.quant.scheme.per_channel_weights
+    convs = FoldedConvs(variables)
+    for p in tqdm(sorted(patches), desc="adaround", disable=not progress, leave=False):
+        k, _ = convs.folded(p)
+        _, scale = aqt_backend.quantize_weights(jnp.asarray(k), per_channel)
+        codes = optimise_rounding(_flat_kernel(jnp.asarray(k)), scale, jnp.asarray(patches[p]), iterations)
+        convs.set_folded(p, kernel=_unflat_kernel(np.asarray(codes * scale), k.shape))
+    return convs.result()

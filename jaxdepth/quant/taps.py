@@ -1,0 +1,36 @@
+"""What every Conv block receives in one forward pass, reduced inside the jitted pass.
+
+Bias correction and rounding optimisation need statistics of each convolution's input
+in the fake-quant model (the dequantized codes the integer conv consumes). Flax's
+``intercept_methods`` shows each ``Conv`` call's input to ``reduce`` without changing
+the model; only the reduced statistics leave the compiled function.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from jaxdepth.models.layers import Conv, path, same_padding, value
+
+# reduce(path, input (real values, NHWC), stride, padding) -> any pytree of statistics
+Reduce = Callable[[str, jax.Array, int, tuple], Any]
+
+
+def conv_taps(model: nn.Module, variables: dict, rgb: jax.Array, lidar: jax.Array | None,
+              reduce: Reduce) -> dict[str, Any]:
+    """``{conv path: reduce(path, x, stride, padding)}`` for every Conv that runs (call
+    inside ``jax.jit``)."""
+    out: dict[str, Any] = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        m = context.module
+        if isinstance(m, Conv) and context.method_name == "__call__":
+            out[path(m)] = reduce(path(m), value(args[0]), m.stride, same_padding(m.kernel))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        model.apply(variables, rgb, lidar, train=False)
+    return out
