@@ -24,12 +24,14 @@ class ConfigError(ValueError):
 class ModelConfig:
     encoder: str = "resnet18"                 # resnet18 | resnet34
     encoding: str = "intfrac"                 # see jaxdepth.encodings.ENCODINGS
+    lidar_encoding: str = "inverse"           # see jaxdepth.encodings.LidarEncoding
     min_depth: float = 0.5
     max_depth: float = 15.0
     sparse: bool = True                        # build the sparse auxiliary network (SAN)
     san_kernels: tuple[int, ...] = (5, 5, 3, 3, 3)
     san_path_depths: tuple[int, ...] = (1, 2, 3)
     film: bool = False                         # FiLM on scale 0 from pooled sparse features
+    full_res: int = 0                          # channels of stride-1 RGB + LiDAR features; 0: none
     decoder_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     num_scales: int = 4                        # heads trained at scales 0..num_scales-1
     # Loss weights of the integer/fraction encoding: L_int + w_frac L_frac + w_depth L1(depth).
@@ -60,7 +62,6 @@ class DataConfig:
     contrast: float = 0.2
     saturation: float = 0.2
     hue: float = 0.05
-    lidar_drop: float = 0.1                    # share of training samples seen without LiDAR
     workers: int = 2
     prefetch: int = 2
 
@@ -74,6 +75,9 @@ class TrainConfig:
     lr_decay: float = 0.3
     grad_clip: float = 1.0                     # global norm; 0 disables
     weight_decay: float = 0.0
+    # SAN models: every step also decodes the RGB-only skips (one set of weights, both modes).
+    mono_weight: float = 1.0                   # loss weight of the RGB-only pass; 0: no such pass
+    consistency_weight: float = 0.1            # RGB skips pulled towards the detached fused ones
     seed: int = 0
     log_every: int = 25
     val_every: int = 250
@@ -109,10 +113,11 @@ class Config:
 
 def _choices() -> dict[str, list[str]]:
     """Allowed values of the enumerated keys, read from the modules that define them."""
-    from jaxdepth.encodings import ENCODINGS
+    from jaxdepth.encodings import ENCODINGS, LIDAR_ENCODINGS
     from jaxdepth.models.resnet import STAGE_SIZES
     from jaxdepth.quant.numerics import PRESETS
     return {"model.encoder": sorted(STAGE_SIZES), "model.encoding": sorted(ENCODINGS),
+            "model.lidar_encoding": list(LIDAR_ENCODINGS),
             "quant.preset": sorted(PRESETS), "data.format": ["folder", "kitti", "nyu"]}
 
 
@@ -142,6 +147,7 @@ def validate(cfg: Config) -> Config:
          len(m.decoder_channels) == SCALES and all(c >= 1 for c in m.decoder_channels),
          f"{SCALES} channel counts >= 1"),
         ("model.num_scales", m.num_scales, 1 <= m.num_scales <= SCALES, f"in 1..{SCALES}"),
+        ("model.full_res", m.full_res, m.full_res >= 0, ">= 0 (0: none)"),
         ("data.height", d.height, d.height >= STRIDE and d.height % STRIDE == 0,
          f"a positive multiple of {STRIDE}"),
         ("data.width", d.width, d.width >= STRIDE and d.width % STRIDE == 0,
@@ -156,7 +162,6 @@ def validate(cfg: Config) -> Config:
         ("data.contrast", d.contrast, d.contrast >= 0, ">= 0"),
         ("data.saturation", d.saturation, d.saturation >= 0, ">= 0"),
         ("data.hue", d.hue, 0 <= d.hue <= 0.5, "in [0, 0.5]"),
-        ("data.lidar_drop", d.lidar_drop, 0 <= d.lidar_drop <= 1, "in [0, 1]"),
         ("data.workers", d.workers, d.workers >= 1, ">= 1"),
         ("data.prefetch", d.prefetch, d.prefetch >= 1, ">= 1"),
         ("train.steps", t.steps, t.steps >= 0, ">= 0"),
@@ -168,6 +173,8 @@ def validate(cfg: Config) -> Config:
         ("train.lr_decay", t.lr_decay, t.lr_decay > 0, "> 0"),
         ("train.grad_clip", t.grad_clip, t.grad_clip >= 0, ">= 0 (0 disables)"),
         ("train.weight_decay", t.weight_decay, t.weight_decay >= 0, ">= 0"),
+        ("train.mono_weight", t.mono_weight, t.mono_weight >= 0, ">= 0 (0 disables)"),
+        ("train.consistency_weight", t.consistency_weight, t.consistency_weight >= 0, ">= 0"),
         ("train.seed", t.seed, t.seed >= 0, ">= 0"),
         ("train.log_every", t.log_every, t.log_every >= 1, ">= 1"),
         ("train.val_every", t.val_every, t.val_every >= 1, ">= 1"),

@@ -1,4 +1,4 @@
-"""Output encodings: how depth is represented by the sigmoid heads.
+"""Depth encodings: how depth is represented by the sigmoid heads, and the LiDAR input.
 
 Each encoding defines the number of head channels, ``encode`` (depth -> head targets),
 ``decode`` (head outputs -> depth in metres), its ``loss`` and the names of its head
@@ -226,3 +226,69 @@ def get_encoding(model_cfg) -> Encoding:
     if name == "phase":
         return PhaseDepth(model_cfg.min_depth, model_cfg.max_depth)
     raise ValueError(f"model.encoding: unknown encoding {name!r}; choose one of {sorted(ENCODINGS)}")
+
+
+# ----------------------------------------------------------------------------- LiDAR input
+
+LIDAR_ENCODINGS = ("inverse", "log")
+
+
+@dataclass(frozen=True)
+class LidarEncoding:
+    """The sparse input: (B, H, W) metres, 0 = no return -> (B, H, W, 2) [nearness, mask].
+
+    Nearness is in (0, 1] at a return and 0 elsewhere, and falls with depth, so the SAN's
+    2x2 max-pool keeps the nearest return of a block. It is quantized to 8 bits over
+    [0, 1] (step 1/255), which sets how precisely the INT8 model sees a return:
+
+    * ``inverse``: min_depth / d. The step in metres grows as d^2: 0.78 m at 10 m.
+    * ``log``: 1/255 + (254/255) (1 - ln(d / min) / ln(max / min)): a uniform relative
+      step of ln(max / min) / 254 (1.34 % over 0.5-15 m, 0.13 m at 10 m); the floor of one
+      code keeps a return at max_depth apart from "no return".
+
+    Encoded on the host before the graph (it needs a division or a log, outside the
+    NPU's op set); the exported model records which encoding its input expects.
+    """
+
+    kind: str = "inverse"
+    min_depth: float = 0.5
+    max_depth: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in LIDAR_ENCODINGS:
+            raise ValueError(f"model.lidar_encoding: unknown LiDAR encoding {self.kind!r}; "
+                             f"choose one of {', '.join(LIDAR_ENCODINGS)}")
+
+    def encode(self, lidar: jax.Array) -> jax.Array:
+        valid = lidar > 0
+        d = jnp.clip(lidar, self.min_depth, self.max_depth)
+        if self.kind == "inverse":
+            near = self.min_depth / d
+        else:
+            floor = 1.0 / 255.0
+            near = floor + (1.0 - floor) * (1.0 - jnp.log(d / self.min_depth)
+                                             / math.log(self.max_depth / self.min_depth))
+        return jnp.stack([jnp.where(valid, near, 0.0), valid.astype(jnp.float32)], axis=-1)
+
+    def decode(self, x: jax.Array) -> jax.Array:
+        """Metres from encoded values (0 where the mask channel is off)."""
+        near, valid = x[..., 0], x[..., 1] > 0.5
+        if self.kind == "inverse":
+            d = self.min_depth / jnp.maximum(near, self.min_depth / self.max_depth)
+        else:
+            floor = 1.0 / 255.0
+            t = 1.0 - (near - floor) / (1.0 - floor)
+            d = self.min_depth * jnp.exp(jnp.clip(t, 0.0, 1.0) * math.log(self.max_depth / self.min_depth))
+        return jnp.where(valid, d, 0.0)
+
+    def attrs(self) -> dict:
+        """What an exported graph records of its LiDAR input."""
+        return {"lidar_encoding": self.kind, "min_depth": self.min_depth, "max_depth": self.max_depth}
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> "LidarEncoding":
+        return cls(attrs["lidar_encoding"], attrs["min_depth"], attrs["max_depth"])
+
+
+def get_lidar_encoding(model_cfg) -> LidarEncoding:
+    return LidarEncoding(model_cfg.lidar_encoding, model_cfg.min_depth, model_cfg.max_depth)

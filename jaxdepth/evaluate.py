@@ -26,7 +26,7 @@ def _on_input_codes(model: nn.Module, fn: Callable, use_lidar: bool) -> Callable
     runtime's are."""
     def run(variables, rgb, lidar):
         q_rgb, q_sparse = input_codes(rgb, lidar if use_lidar else None,
-                                      model.quant.scheme.activation, model.min_depth)
+                                      model.quant.scheme.activation, model.lidar_encoding)
         return fn(variables, q_rgb, q_sparse)
     return run
 

@@ -90,47 +90,44 @@ def multiscale_loss(heads: list[jax.Array], depth: jax.Array, encoding: Encoding
     return sum(losses) / len(losses)
 
 
-def monocular_qat_step(step: int, cfg: Config) -> bool:
-    """Whether QAT step ``step`` runs monocular: evenly, a share ``data.lidar_drop`` of the
-    QAT steps of a model with a SAN (the last of every 1 / lidar_drop steps)."""
-    if not cfg.model.sparse or cfg.data.lidar_drop <= 0 or step < cfg.train.steps:
-        return False
-    k = step - cfg.train.steps
-    return int((k + 1) * cfg.data.lidar_drop) > int(k * cfg.data.lidar_drop)
-
-
 def make_train_step(model: nn.Module, encoding: Encoding, optimizer: optax.GradientTransformation,
-                    cfg: Config, mesh: Mesh, qat: bool, monocular: bool = False) -> Callable:
+                    cfg: Config, mesh: Mesh, qat: bool) -> Callable:
     """Jitted ``(state, batch) -> (state, stats)``.
 
-    FP32: BatchNorm uses batch statistics; a share ``data.lidar_drop`` of the samples runs
-    without LiDAR so the monocular path keeps working. QAT: BatchNorm is frozen and folded,
-    the activation ranges follow an EMA of the batch min/max. ``monocular`` (QAT only) runs
-    the whole batch without LiDAR: the trainer takes such steps at the share
-    ``data.lidar_drop`` (``monocular_qat_step``; per-sample selection has no INT8 form), so
-    the decoder's ranges follow both modes and the INT8 monocular model is trained too.
+    FP32: BatchNorm uses batch statistics. QAT: BatchNorm is frozen and folded, the
+    activation ranges follow an EMA of the batch min/max. A model with a SAN trains both
+    modes at every step (``train.mono_weight`` > 0): the loss of the RGB + LiDAR heads,
+    plus ``mono_weight`` times the loss of the RGB-only heads, plus ``consistency_weight``
+    times the gap of the RGB skips to the fused ones. In QAT the decoder's ranges thereby
+    follow both modes, so the INT8 monocular model is trained too.
     """
     mutable = ["quant"] if qat else ["batch_stats"]
-    base_key = jax.random.PRNGKey(cfg.train.seed)
+    t = cfg.train
+    dual = cfg.model.sparse and t.mono_weight > 0
 
     def loss_fn(params, state: TrainState, batch: dict):
         variables = {**state.variables, "params": params}
-        has_lidar = None
-        if not qat and cfg.data.lidar_drop > 0:
-            key = jax.random.fold_in(base_key, state.step)
-            has_lidar = jax.random.uniform(key, (batch["rgb"].shape[0],)) >= cfg.data.lidar_drop
-        lidar = batch["lidar"] if cfg.model.sparse and not monocular else None
-        heads, updates = model.apply(variables, batch["rgb"], lidar, train=True, all_scales=True,
-                                     has_lidar=has_lidar, mutable=mutable)
+        lidar = batch["lidar"] if cfg.model.sparse else None
+        out, updates = model.apply(variables, batch["rgb"], lidar, train=True, all_scales=True,
+                                   dual=dual, mutable=mutable)
         mask = valid_mask(batch["depth"], encoding.min_depth, encoding.max_depth)
-        return multiscale_loss(heads, batch["depth"], encoding, mask), updates
+        if not dual:
+            loss = multiscale_loss(out, batch["depth"], encoding, mask)
+            return loss, (updates, {"loss": loss})
+        parts = {"loss_lidar": multiscale_loss(out.lidar, batch["depth"], encoding, mask),
+                 "loss_mono": multiscale_loss(out.mono, batch["depth"], encoding, mask),
+                 "consistency": out.consistency}
+        loss = (parts["loss_lidar"] + t.mono_weight * parts["loss_mono"]
+                + t.consistency_weight * parts["consistency"])
+        return loss, (updates, {"loss": loss, **parts})
 
     def step(state: TrainState, batch: dict):
-        (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state, batch)
+        (_, (updates, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state, batch)
         upd, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, upd)
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, **updates)
-        return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        return new, {**stats, "grad_norm": optax.tree.norm(grads)}
 
     repl = NamedSharding(mesh, P())
     return jax.jit(step, in_shardings=(repl, batch_sharding(mesh)), out_shardings=(repl, repl),

@@ -29,7 +29,7 @@ from jaxdepth.data.sources import check_splits, dataset_root, eval_pipeline, tra
 from jaxdepth.evaluate import Evaluator
 from jaxdepth.quant.calibrate import calibrate
 from jaxdepth.train_lib import (TrainState, init_state, make_mesh, make_optimizer, make_train_step,
-                                monocular_qat_step, replicate, shard_batch)
+                                replicate, shard_batch)
 
 RUN_OUTPUTS = ("checkpoints", "eval", "log.jsonl", "test_metrics.json", "config.yaml")
 OTHER_STATES = 4   # checkpoints beside train.keep: the one being written, best FP32, best QAT, fp32
@@ -121,7 +121,7 @@ class Trainer:
             dataset_root(cfg, progress=self.progress)      # renders the embedded data once
         _sync("data")
         self.train_data = train_pipeline(cfg, (jax.process_index(), jax.process_count()))
-        self._steps: dict[tuple[bool, bool], Any] = {}
+        self._steps: dict[bool, Any] = {}
 
     @property
     def total_steps(self) -> int:
@@ -185,12 +185,12 @@ class Trainer:
             print(f"warning: {message}", file=sys.stderr, flush=True)
         self._log({"event": "warning", "message": message})
 
-    def _train_step(self, qat: bool, monocular: bool = False):
-        if (qat, monocular) not in self._steps:
+    def _train_step(self, qat: bool):
+        if qat not in self._steps:
             model = self.models["fake" if qat else "float"]
-            self._steps[qat, monocular] = make_train_step(model, self.encoding, self.optimizer,
-                                                          self.cfg, self.mesh, qat, monocular)
-        return self._steps[qat, monocular]
+            self._steps[qat] = make_train_step(model, self.encoding, self.optimizer, self.cfg,
+                                               self.mesh, qat)
+        return self._steps[qat]
 
     def calibrate(self, variables: dict) -> dict:
         """PTQ min-max ranges on the calib split."""
@@ -216,20 +216,21 @@ class Trainer:
         self._log({"event": "ptq_calibrated", "step": self.cfg.train.steps,
                    "val_fp32": fp32_val, "val_ptq": ptq_val})
 
-    def _check(self, pending: list[tuple[int, dict]]) -> list[tuple[int, float, float]]:
-        """(step, loss, grad norm) of the steps since the last check: the loop's one host
-        sync, every ``train.log_every`` steps and before every checkpoint, so a checkpoint
-        never holds a state after a non-finite step."""
-        values = jax.device_get([(stats["loss"], stats["grad_norm"]) for _, stats in pending])
+    def _check(self, pending: list[tuple[int, dict]]) -> list[tuple[int, dict[str, float]]]:
+        """(step, stats) of the steps since the last check: the loop's one host sync, every
+        ``train.log_every`` steps and before every checkpoint, so a checkpoint never holds
+        a state after a non-finite step."""
+        values = jax.device_get([stats for _, stats in pending])
         out = []
-        for (step, _), (loss, gnorm) in zip(pending, values):
-            loss, gnorm = float(loss), float(gnorm)
+        for (step, _), stats in zip(pending, values):
+            stats = {k: float(v) for k, v in stats.items()}
+            loss, gnorm = stats["loss"], stats["grad_norm"]
             if not (math.isfinite(loss) and math.isfinite(gnorm)):
                 self._log({"event": "non_finite", "step": step, "loss": loss, "grad_norm": gnorm})
                 raise NonFiniteLoss(
                     f"non-finite loss {loss} / gradient norm {gnorm} at step {step}; stopped. "
                     f"Last good checkpoint: step {self.ckpts.latest_step()} in {self.ckpts.root}")
-            out.append((step, loss, gnorm))
+            out.append((step, stats))
         return out
 
     def fit(self, stop_at: int | None = None) -> TrainState:
@@ -250,9 +251,7 @@ class Trainer:
                 self._enter_qat()
                 t_last = time.perf_counter()
             batch = next(batches)
-            train_step = (self._train_step(qat, monocular=True) if monocular_qat_step(step, cfg)
-                          else self._train_step(qat))
-            self.state, stats = train_step(self.state, shard_batch(batch, self.mesh))
+            self.state, stats = self._train_step(qat)(self.state, shard_batch(batch, self.mesh))
             pending.append((step, stats))
             done = step + 1
             phase = "qat" if qat else "fp32"
@@ -265,11 +264,11 @@ class Trainer:
                 now = time.perf_counter()
                 rate = (done - n_last) * cfg.data.batch_size / max(now - t_last, 1e-9)
                 t_last, n_last = now, done
-                for s, loss, gnorm in checked:
+                for s, values in checked:
                     if (s + 1) % cfg.train.log_every == 0:
-                        self._log({"step": s + 1, "phase": phase, "loss": loss, "grad_norm": gnorm,
-                                   "images_per_s": rate})
-                bar.set_postfix(loss=f"{checked[-1][1]:.4f}", img_s=f"{rate:.1f}", phase=phase)
+                        self._log({"step": s + 1, "phase": phase, **values, "images_per_s": rate})
+                bar.set_postfix(loss=f"{checked[-1][1]['loss']:.4f}", img_s=f"{rate:.1f}",
+                                phase=phase)
             if validate:
                 val = self.evaluate(self.state.variables, "val", "fake" if qat else "float")["metrics"]
                 self._log({"step": done, "phase": phase, "val": val})

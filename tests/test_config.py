@@ -63,7 +63,7 @@ def test_shipped_configs_load():
     ("train.warmup_steps=-1", r"train\.warmup_steps: -1 .*>= 0"),
     ("train.lr_boundaries=[0.9,0.5]", r"train\.lr_boundaries: \[0\.9, 0\.5\] .*increasing fractions"),
     ("data.hflip=1.5", r"data\.hflip: 1\.5 .*\[0, 1\]"),
-    ("data.lidar_drop=-1", r"data\.lidar_drop: -1\.0 .*\[0, 1\]"),
+    ("train.mono_weight=-1", r"train\.mono_weight: -1\.0 .*>= 0"),
     ("quant.ema_decay=1", r"quant\.ema_decay: 1\.0 .*\[0, 1\)"),
     ("model.san_kernels=[3,3,3,3]", r"model\.san_kernels: \[3, 3, 3, 3\] .*5 odd kernel sizes"),
     ("model.max_depth=0.2", r"model\.max_depth: 0\.2 .*> model\.min_depth"),

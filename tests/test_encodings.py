@@ -173,3 +173,29 @@ def test_every_encoding_through_the_integer_export(tiny_data, tmp_path, name):
     assert np.isfinite(depth).all() and depth.min() >= enc.min_depth and depth.max() <= enc.max_depth
     assert artifact.manifest(graph, cfg)["outputs"][0]["channel_names"] == list(enc.head_names)
     assert [o.name for o in xonnx.to_integer(graph, name).graph.output] == list(enc.head_names)
+
+
+def test_lidar_encodings_keep_nearest_first_and_round_trip():
+    from jaxdepth.encodings import LidarEncoding
+
+    inv = LidarEncoding("inverse", 0.5, 15.0)
+    x = inv.encode(jnp.array([[0.0, 0.5, 1.0, 10.0]]))
+    assert jnp.allclose(x[..., 0], jnp.array([[0.0, 1.0, 0.5, 0.05]]))
+    assert jnp.array_equal(x[..., 1], jnp.array([[0.0, 1.0, 1.0, 1.0]]))
+    log = LidarEncoding("log", 0.5, 15.0)
+    d = jnp.array([0.0, 0.5, 1.0, 5.0, 10.0, 15.0, 40.0])
+    y = log.encode(d)
+    # Nearness falls with depth (max-pool keeps the nearest return); max_depth stays one
+    # code above "no return"; beyond max_depth clamps.
+    assert float(y[1, 0]) == pytest.approx(1.0) and float(y[5, 0]) == pytest.approx(1 / 255)
+    assert bool(jnp.all(jnp.diff(y[1:6, 0]) < 0)) and float(y[0, 0]) == 0.0
+    np.testing.assert_allclose(log.decode(y), [0.0, 0.5, 1.0, 5.0, 10.0, 15.0, 15.0], rtol=1e-5)
+    np.testing.assert_allclose(inv.decode(inv.encode(d)), [0.0, 0.5, 1.0, 5.0, 10.0, 15.0, 15.0], rtol=1e-5)
+    # 8-bit codes: the log input's step is a uniform 1.34 %; the inverse one's grows as d^2.
+    for enc, worst in ((log, 0.0068), (inv, 0.40)):
+        depth = jnp.linspace(0.5, 15.0, 2001)
+        codes = jnp.round(enc.encode(depth) * 255) / 255
+        rel = jnp.abs(enc.decode(codes) - depth) / depth
+        assert float(rel.max()) < worst, (enc.kind, float(rel.max()))
+    with pytest.raises(ValueError, match="model.lidar_encoding"):
+        LidarEncoding("linear")

@@ -203,6 +203,24 @@ def test_monocular_integer_graph_matches_its_fake_quant_forward(tiny_data, prese
     np.testing.assert_array_equal(got, want)
 
 
+def test_full_resolution_skip_and_log_lidar_input_export_exactly(tiny_data):
+    cfg = tiny_cfg(tiny_data, tiny_data.parent / "unused_run", model__full_res=4,
+                   model__lidar_encoding="log")
+    model = build_model(cfg.model)
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, H, W, 3)), jnp.zeros((1, H, W))))(
+        jax.random.PRNGKey(0))
+    variables = {**variables, "quant": calibrate(model, variables, eval_pipeline(cfg, "calib").epoch(0),
+                                                 use_lidar=True)}
+    graph = export_graph(cfg, variables, H, W)
+    nodes = {n.name: n for n in graph.nodes}
+    assert nodes["sparse"].attrs["lidar_encoding"] == "log"
+    # The full-resolution RGB and LiDAR features, fused, reach the last decoder stage.
+    assert nodes["decoder/skip0"].inputs == ["decoder/up0", "fuse0"]
+    assert nodes["fuse0"].inputs == ["encoder/conv0", "san/stage_full/sum"]
+    a = compare(Evaluator(cfg), variables, "test", graph)["agreement"]
+    assert a["equal"] == 1.0 and a["max_diff"] == 0, a
+
+
 def test_film_has_no_int8_form(tiny_data):
     from jaxdepth.config import replace
 

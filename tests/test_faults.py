@@ -66,7 +66,7 @@ def _leaves(tree) -> dict[str, np.ndarray]:
 def test_sigkill_at_random_steps_then_restart_gives_the_uninterrupted_parameters(tiny_data, tmp_path):
     seed = int(os.environ.get("JAXDEPTH_FAULT_SEED", random.randrange(1 << 16)))
     rng = random.Random(seed)
-    extra = dict(train__steps=6, data__lidar_drop=0.5)
+    extra = dict(train__steps=6)
     straight = Trainer(tiny_cfg(tiny_data, tmp_path / "straight", **extra), progress=False)
     straight.fit()
     run = tmp_path / "killed"

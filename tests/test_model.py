@@ -6,7 +6,7 @@ import pytest
 from jaxdepth.config import ModelConfig
 from jaxdepth.models import build_model
 from jaxdepth.models.resnet import ResNetEncoder
-from jaxdepth.models.san import SparseEncoder, encode_sparse
+from jaxdepth.models.san import SparseEncoder
 
 H, W = 64, 128
 RGB = jax.ShapeDtypeStruct((2, H, W, 3), jnp.float32)
@@ -75,14 +75,14 @@ def test_fusion_init_and_monocular_equals_rgb_path(tiny_model):
     fuse = variables["params"]["fuse0"]
     assert float(fuse["gate"][0]) == 0.5 and float(fuse["bias"][0]) == 0.0
     rgb = jax.random.uniform(jax.random.PRNGKey(1), (1, 32, 64, 3))
+    lidar = jnp.where(jax.random.uniform(jax.random.PRNGKey(2), (1, 32, 64)) < 0.05, 4.0, 0.0)
     mono = jax.jit(lambda v, r: model.apply(v, r, None)[0])(variables, rgb)
-    empty_lidar_dropped = jax.jit(lambda v, r, l, h: model.apply(v, r, l, has_lidar=h)[0])(
-        variables, rgb, jnp.zeros((1, 32, 64)), jnp.array([False]))
-    assert jnp.allclose(mono, empty_lidar_dropped)
+    completed = jax.jit(lambda v, r, l: model.apply(v, r, l)[0])(variables, rgb, lidar)
+    dual = jax.jit(lambda v, r, l: model.apply(v, r, l, dual=True))(variables, rgb, lidar)
+    # One forward, both passes: each equals the model run in that mode alone.
+    assert jnp.allclose(dual.mono[0], mono) and jnp.allclose(dual.lidar[0], completed)
+    assert not jnp.allclose(mono, completed)
+    assert float(dual.consistency) > 0.0
     assert float(mono.min()) >= 0.0 and float(mono.max()) <= 1.0
 
 
-def test_encode_sparse():
-    x = encode_sparse(jnp.array([[0.0, 0.5, 1.0, 10.0]]), 0.5)
-    assert jnp.allclose(x[..., 0], jnp.array([[0.0, 1.0, 0.5, 0.05]]))
-    assert jnp.array_equal(x[..., 1], jnp.array([[0.0, 1.0, 1.0, 1.0]]))

@@ -262,32 +262,29 @@ def test_ranges_survive_checkpoint_round_trip(finished_run):
     assert checkpoint.has_ranges({"quant": saved})
 
 
-def test_qat_takes_a_share_of_monocular_steps_that_update_only_the_rgb_graph(tiny_data, tmp_path):
+def test_qat_step_trains_both_modes_and_ranges_follow_both(tiny_data, tmp_path):
     from conftest import tiny_cfg
     from jaxdepth.encodings import get_encoding
     from jaxdepth.models import build_model, quant_for
     from jaxdepth.quant.calibrate import calibrate
     from jaxdepth.train_lib import (init_state, make_mesh, make_optimizer, make_train_step,
-                                    monocular_qat_step, replicate, shard_batch)
+                                    replicate, shard_batch)
     from jaxdepth.data.sources import eval_pipeline
 
-    cfg = tiny_cfg(tiny_data, tmp_path, data__lidar_drop=0.1, quant__qat_steps=100)
-    steps = [s for s in range(cfg.train.steps, cfg.train.steps + 100) if monocular_qat_step(s, cfg)]
-    assert len(steps) == 10 and steps[0] == cfg.train.steps + 9
-    assert not monocular_qat_step(cfg.train.steps - 1, cfg)
-
+    cfg = tiny_cfg(tiny_data, tmp_path, quant__qat_steps=10)
     mesh, opt = make_mesh(), make_optimizer(cfg)
     d = cfg.data
     state = init_state(build_model(cfg.model), opt, 0, d.height, d.width)
     batch = next(iter(eval_pipeline(cfg, "calib").epoch(0)))
     state = replicate(state.replace(quant=calibrate(build_model(cfg.model), state.variables, [batch], True)), mesh)
     step = make_train_step(build_model(cfg.model, quant_for(cfg, "fake")), get_encoding(cfg.model),
-                           opt, cfg, mesh, qat=True, monocular=True)
+                           opt, cfg, mesh, qat=True)
     before = jax.tree.map(np.asarray, state.quant)
     new, stats = step(state, shard_batch({k: batch[k][:2] for k in ("rgb", "depth", "lidar")}, mesh))
-    assert np.isfinite(float(stats["loss"]))
+    assert all(np.isfinite(float(stats[k])) for k in ("loss", "loss_lidar", "loss_mono", "consistency"))
     after = jax.tree.map(np.asarray, new.quant)
     count = lambda tree, *path: int(functools.reduce(lambda t, k: t[k], path, tree)["out"]["count"])
-    assert count(after, "decoder", "upconv0_1") == count(before, "decoder", "upconv0_1") + 1
-    assert count(after, "san", "stage0", "sum") == count(before, "san", "stage0", "sum")
-    assert count(after, "fuse0") == count(before, "fuse0")
+    # The decoder ran twice (RGB + LiDAR, then RGB only); the SAN and the fusions once.
+    assert count(after, "decoder", "upconv0_1") == count(before, "decoder", "upconv0_1") + 2
+    assert count(after, "san", "stage0", "sum") == count(before, "san", "stage0", "sum") + 1
+    assert count(after, "fuse0") == count(before, "fuse0") + 1

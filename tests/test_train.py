@@ -25,6 +25,11 @@ def test_run_writes_log_checkpoints_and_metrics(finished_run):
     log = [json.loads(l) for l in (trainer.run_dir / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "val" in r] == [2, 4, 6]
     assert [r["step"] for r in log if "loss" in r] == list(range(1, 7))
+    # Every step trains both modes: the RGB + LiDAR and the RGB-only pass, and the pull
+    # of the RGB skips towards the fused ones.
+    for r in (r for r in log if "loss" in r):
+        parts = r["loss_lidar"] + r["loss_mono"] + 0.1 * r["consistency"]
+        assert r["consistency"] > 0 and r["loss"] == pytest.approx(parts, rel=1e-5)
     assert any(r.get("event") == "ptq_calibrated" for r in log)
     assert int(trainer.state.step) == 6
     assert set(rows) == {"fp32", "fp32 median-scaled", "fp32 monocular", "int8 ptq min-max",
@@ -177,7 +182,7 @@ TWO_DEVICES = textwrap.dedent("""
     from jaxdepth.models import build_model
     from jaxdepth.train_lib import init_state, make_train_step, replicate, shard_batch
     assert jax.device_count() == 2
-    cfg = load_config(None, tiny_overrides("unused", "unused", data__lidar_drop=0.0))
+    cfg = load_config(None, tiny_overrides("unused", "unused"))
     # Plain SGD: its update is linear in the gradient, so the comparison is not dominated
     # by Adam's first step, which turns any tiny gradient into a full +-lr update.
     model, opt = build_model(cfg.model), optax.sgd(0.01)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdepth.encodings import LidarEncoding
 from jaxdepth.export.graph import Graph
 from jaxdepth.models.layers import input_codes
 from jaxdepth.quant import integer_ops as iops
@@ -89,9 +90,7 @@ def _conv(step: Step, p: dict, x: jax.Array, x_fmt: qn.Format, x_zp, out_zp) -> 
     pad, s = step.attr("padding"), step.attr("stride")
     x8 = (x.astype(jnp.int32) - offset).astype(jnp.int8)
     x8 = jax.lax.pad(x8, (x_zp - offset).astype(jnp.int8), ((0, 0, 0), (pad, pad, 0), (pad, pad, 0), (0, 0, 0)))
-    acc = jax.lax.conv_general_dilated(x8, p["weight"], (s, s), "VALID",
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                       preferred_element_type=jnp.int32)
+    acc = iops.int8_conv_accumulate(x8, p["weight"], (s, s))
     w_sum = jnp.sum(p["weight"].astype(jnp.int32), axis=(0, 1, 2))
     acc = acc + (offset - x_zp) * w_sum
     return _store(iops.conv_output(acc, p["bias"], (p["multiplier"], p["shift"]), out_zp, step.fmt,
@@ -148,8 +147,9 @@ def quantize_inputs(program: Program, rgb: jax.Array, lidar: jax.Array | None) -
     evaluation uses, so both start from the same codes."""
     steps = {s.op: s for s in program.steps if s.op.startswith("input")}
     rgb_step, sparse_step = steps["input_rgb"], steps.get("input_sparse")
+    lidar_encoding = LidarEncoding.from_attrs(dict(sparse_step.attrs)) if sparse_step else None
     q_rgb, q_sparse = input_codes(rgb, None if sparse_step is None else lidar, rgb_step.fmt,
-                                  sparse_step.attr("min_depth") if sparse_step else 0.0)
+                                  lidar_encoding)
     codes = {rgb_step.name: q_rgb.codes.astype(_STORAGE[rgb_step.fmt.name])}
     if sparse_step is not None:
         codes[sparse_step.name] = q_sparse.codes.astype(_STORAGE[sparse_step.fmt.name])

@@ -5,9 +5,10 @@ All are NCHW with a free batch dimension. Inputs of the FP32 and QDQ models:
 
 * ``rgb`` (N, 3, H, W) in [0, 1]; the normalisation (x - mean) / std is in the graph as a
   Mul and an Add by (1, 3, 1, 1) constants.
-* ``sparse`` (N, 2, H, W): the LiDAR already encoded as [min_depth / d, valid mask]
-  (``encode_sparse``; 0 where there is no return). The encoding needs a division and a
-  comparison, outside the NPU op set, so it runs on the host (``sparse_input``).
+* ``sparse`` (N, 2, H, W): the LiDAR already encoded as [nearness, valid mask] by the
+  graph's ``LidarEncoding`` (0 where there is no return). The encoding needs a division
+  or a log and a comparison, outside the NPU op set, so it runs on the host
+  (``sparse_input``).
 
 The integer model (and the QDQ model with ``code_inputs``) takes the input codes instead
 (``code_feeds``). Outputs are named after the head channels (``depth_log``; ``int`` and
@@ -28,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 from jaxdepth.export.artifact import head_names
 from jaxdepth.export.graph import Graph, Node
 from jaxdepth.export.integer import integer_params, make_input_codes
-from jaxdepth.models.layers import encode_sparse
+from jaxdepth.encodings import LidarEncoding
 from jaxdepth.quant import numerics as qn
 
 OPSET = 13
@@ -393,9 +394,9 @@ def to_integer(graph: Graph, encoding: str) -> onnx.ModelProto:
     return b.model(_outputs(b, graph, encoding, TensorProto.UINT8), "jaxdepth_integer")
 
 
-def sparse_input(lidar: np.ndarray, min_depth: float) -> np.ndarray:
+def sparse_input(lidar: np.ndarray, encoding: LidarEncoding) -> np.ndarray:
     """(N, H, W) LiDAR metres -> the ``sparse`` input (N, 2, H, W), encoded on the host."""
-    return np.ascontiguousarray(np.transpose(np.asarray(encode_sparse(lidar, min_depth)), (0, 3, 1, 2)))
+    return np.ascontiguousarray(np.transpose(np.asarray(encoding.encode(lidar)), (0, 3, 1, 2)))
 
 
 def feeds(graph: Graph, rgb: np.ndarray, lidar: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -405,7 +406,7 @@ def feeds(graph: Graph, rgb: np.ndarray, lidar: np.ndarray | None) -> dict[str, 
         if node.op == "input_rgb":
             out[node.name] = np.ascontiguousarray(np.transpose(np.asarray(rgb, np.float32), (0, 3, 1, 2)))
         elif node.op == "input_sparse":
-            out[node.name] = sparse_input(lidar, node.attrs["min_depth"])
+            out[node.name] = sparse_input(lidar, LidarEncoding.from_attrs(node.attrs))
     return out
 
 

@@ -8,9 +8,11 @@ from jaxdepth.models.layers import FLOAT, Concat, Conv, Head, Quant, Tensor, Ups
 
 
 class DepthDecoder(nn.Module):
-    """For i = 4..0: conv3x3+ReLU, nearest x2, concat skip i-1, conv3x3+ReLU; heads.
+    """For i = 4..0: conv3x3+ReLU, nearest x2, concat the skip at stride 2^i (i > 0, or
+    i = 0 when the encoder has a full-resolution feature), conv3x3+ReLU; heads.
 
-    Zero padding, bias, no normalisation. Returns head outputs for scales
+    Zero padding, bias, no normalisation. ``features`` holds one map per encoder stride,
+    finest first, the last one the bottleneck. Returns head outputs for scales
     0..num_scales-1 (finest first); at inference only scale 0 is built.
     """
 
@@ -25,11 +27,12 @@ class DepthDecoder(nn.Module):
         heads: dict[int, jax.Array] = {}
         scales = range(self.num_scales) if all_scales else [0]
         x = features[-1]
+        offset = len(features) - len(self.channels)   # 0, or 1 with a full-resolution map
         for i in range(len(self.channels) - 1, -1, -1):
             x = Conv(self.channels[i], 3, bn=False, quant=self.quant, name=f"upconv{i}_0")(x, train)
             x = Upsample(2, name=f"up{i}")(x)
-            if i > 0:
-                x = Concat(self.quant, name=f"skip{i}")([x, features[i - 1]], train)
+            if i + offset > 0:
+                x = Concat(self.quant, name=f"skip{i}")([x, features[i + offset - 1]], train)
             x = Conv(self.channels[i], 3, bn=False, quant=self.quant, name=f"upconv{i}_1")(x, train)
             if i in scales:
                 heads[i] = value(Head(self.out_channels, self.quant, name=f"head{i}")(x, train))

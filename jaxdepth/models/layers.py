@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdepth.encodings import LidarEncoding
 from jaxdepth.quant import aqt_backend
 from jaxdepth.quant import integer_ops as iops
 from jaxdepth.quant import numerics as qn
@@ -447,24 +448,18 @@ def normalize_rgb(rgb: jax.Array) -> jax.Array:
     return (rgb - RGB_MEAN) / RGB_STD
 
 
-def encode_sparse(lidar: jax.Array, min_depth: float) -> jax.Array:
-    """(B, H, W) metres, 0 = no return -> (B, H, W, 2): [min_depth / d, valid mask]."""
-    valid = lidar > 0
-    inv = jnp.where(valid, min_depth / jnp.maximum(lidar, min_depth), 0.0)
-    return jnp.stack([inv, valid.astype(jnp.float32)], axis=-1)
-
-
 INPUT_BOUNDS = {"rgb": ((0.0 - RGB_MEAN) / RGB_STD, (1.0 - RGB_MEAN) / RGB_STD),
                 "sparse": (0.0, 1.0)}
 
 
-def quantize_input(kind: str, x: jax.Array, fmt: qn.Format, min_depth: float) -> qn.QValue:
-    """A model input transformed in-graph (``normalize_rgb`` / ``encode_sparse``) and
+def quantize_input(kind: str, x: jax.Array, fmt: qn.Format,
+                   lidar_encoding: LidarEncoding | None = None) -> qn.QValue:
+    """A model input transformed (``normalize_rgb`` / ``LidarEncoding.encode``) and
     quantized by AQT over its fixed range: the integer model's only float step."""
     if kind not in INPUT_BOUNDS:
         raise ValueError(f"unknown input kind {kind!r}; expected one of {sorted(INPUT_BOUNDS)}")
     scale, zp = qn.fixed_qparams(*INPUT_BOUNDS[kind], fmt)
-    t = normalize_rgb(x) if kind == "rgb" else encode_sparse(x, min_depth)
+    t = normalize_rgb(x) if kind == "rgb" else lidar_encoding.encode(x)
     return qn.QValue.of(aqt_backend.quantize_input(t, scale, zp, fmt), None, scale, zp, fmt, kind)
 
 
@@ -472,23 +467,23 @@ _input_codes = jax.jit(quantize_input, static_argnums=(0, 2, 3))
 
 
 def input_codes(rgb: jax.Array, lidar: jax.Array | None, fmt: qn.Format,
-                min_depth: float) -> tuple[qn.QValue, qn.QValue | None]:
+                lidar_encoding: LidarEncoding) -> tuple[qn.QValue, qn.QValue | None]:
     """The quantized model inputs, by one compiled computation: fake-quant evaluation and
     the integer runtime both call this, so both start from the same codes on any backend."""
-    sparse = None if lidar is None else _input_codes("sparse", lidar, fmt, min_depth)
-    return _input_codes("rgb", rgb, fmt, 0.0), sparse
+    sparse = None if lidar is None else _input_codes("sparse", lidar, fmt, lidar_encoding)
+    return _input_codes("rgb", rgb, fmt, None), sparse
 
 
 class Input(nn.Module):
     """A model input: its in-graph transform and its quantization over a fixed range.
 
     ``rgb``: normalised image, range [(0 - mean) / std, (1 - mean) / std].
-    ``sparse``: ``encode_sparse`` of the LiDAR depth, range [0, 1].
+    ``sparse``: the LiDAR depth by its ``LidarEncoding``, range [0, 1].
     In ``fake`` mode the input may arrive quantized already (``input_codes``).
     """
 
     kind: str
-    min_depth: float = 0.5
+    lidar_encoding: LidarEncoding | None = None
     quant: Quant = FLOAT
 
     @property
@@ -497,18 +492,18 @@ class Input(nn.Module):
 
     def export_attrs(self) -> dict:
         return ({"mean": RGB_MEAN, "std": RGB_STD} if self.kind == "rgb"
-                else {"min_depth": self.min_depth})
+                else self.lidar_encoding.attrs())
 
     @nn.compact
     def __call__(self, x: Tensor) -> Tensor:
         if not self.quant.fake:
-            return normalize_rgb(x) if self.kind == "rgb" else encode_sparse(x, self.min_depth)
+            return normalize_rgb(x) if self.kind == "rgb" else self.lidar_encoding.encode(x)
         if isinstance(x, qn.QValue):
             if x.fmt != self.quant.scheme.activation or x.name != self.kind:
                 raise ValueError(f"input {self.kind!r}: got pre-quantized {x.name!r} codes in "
                                  f"{x.fmt.name}, expected {self.quant.scheme.activation.name}")
         else:
-            x = quantize_input(self.kind, x, self.quant.scheme.activation, self.min_depth)
+            x = quantize_input(self.kind, x, self.quant.scheme.activation, self.lidar_encoding)
         if frozen_params(self) is None:
             store_params(self, {"scale": x.scale, "zero_point": x.zero_point})
         return x

@@ -27,9 +27,15 @@ class BasicBlock(nn.Module):
 
 
 class ResNetEncoder(nn.Module):
-    """Input normalisation (x - 0.45) / 0.225 inside the model, as in the NPU graph."""
+    """Input normalisation (x - 0.45) / 0.225 inside the model, as in the NPU graph.
+
+    ``full_res`` > 0 adds a first feature map at stride 1 (one 3x3 conv of that many
+    channels on the input): ResNet's first feature is at H/2, so without it nothing at
+    full resolution reaches the decoder's last stage, which places every depth edge.
+    """
 
     depth: str = "resnet18"
+    full_res: int = 0
     quant: Quant = FLOAT
 
     @nn.compact
@@ -37,8 +43,11 @@ class ResNetEncoder(nn.Module):
         if self.depth not in STAGE_SIZES:
             raise ValueError(f"unknown encoder {self.depth!r}; choose one of {sorted(STAGE_SIZES)}")
         x = Input("rgb", quant=self.quant, name="input")(rgb)
+        features = []
+        if self.full_res:
+            features.append(Conv(self.full_res, 3, quant=self.quant, name="conv0")(x, train))
         x = Conv(CHANNELS[0], 7, 2, quant=self.quant, name="conv1")(x, train)
-        features = [x]
+        features.append(x)
         x = MaxPool(3, 2, name="pool")(x)
         for i, blocks in enumerate(STAGE_SIZES[self.depth]):
             for j in range(blocks):

@@ -1,12 +1,15 @@
 """ResNetSAN01: RGB ResNet encoder + sparse auxiliary network, fused scale by scale."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdepth.encodings import LidarEncoding
 from jaxdepth.models.decoder import DepthDecoder
-from jaxdepth.models.layers import FLOAT, Fusion, Quant, Tensor
+from jaxdepth.models.layers import FLOAT, Fusion, Quant, Tensor, value
 from jaxdepth.models.resnet import ResNetEncoder
 from jaxdepth.models.san import SparseEncoder
 from jaxdepth.quant.numerics import QValue
@@ -30,12 +33,22 @@ class FiLM(nn.Module):
         return x * (1.0 + gamma) + beta
 
 
+class DualOutput(NamedTuple):
+    """Both passes of one forward: shared RGB encoder and SAN, the decoder run twice."""
+
+    lidar: list[jax.Array]      # heads of the RGB + LiDAR pass
+    mono: list[jax.Array]       # heads of the RGB-only pass
+    consistency: jax.Array      # mean squared gap of the RGB skips to the detached fused ones
+
+
 class ResNetSAN(nn.Module):
     """Depth from RGB, optionally completed with sparse LiDAR.
 
-    ``lidar`` None runs the RGB path alone (monocular) with the same weights; a per-sample
-    ``has_lidar`` flag lets one FP32 batch mix both. In ``fake`` mode ``rgb`` and ``lidar``
-    may be quantized already (``layers.input_codes``); the heads are returned as arrays.
+    ``lidar`` None runs the RGB path alone (monocular) with the same weights. ``dual``
+    runs both passes, as PackNet-SAN trains: the RGB-only pass needs no extra encoder
+    work (it decodes the unfused skips), and the consistency term pulls the RGB skips
+    towards what the LiDAR adds. In ``fake`` mode ``rgb`` and ``lidar`` may be quantized
+    already (``layers.input_codes``); the heads are returned as arrays.
     """
 
     encoder: str = "resnet18"
@@ -44,46 +57,47 @@ class ResNetSAN(nn.Module):
     san_kernels: tuple[int, ...] = (5, 5, 3, 3, 3)
     san_path_depths: tuple[int, ...] = (1, 2, 3)
     film: bool = False
+    full_res: int = 0
     decoder_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     num_scales: int = 4
-    min_depth: float = 0.5
+    lidar_encoding: LidarEncoding = LidarEncoding()
     quant: Quant = FLOAT
 
     @nn.compact
     def __call__(self, rgb: Tensor, lidar: Tensor | None = None, train: bool = False,
-                 all_scales: bool = False, has_lidar: jax.Array | None = None) -> list[jax.Array]:
-        features = ResNetEncoder(self.encoder, self.quant, name="encoder")(rgb, train)
-        if self.sparse and (lidar is not None or self.is_initializing()):
-            if lidar is None:
-                lidar = jnp.zeros(rgb.shape[:-1], jnp.float32)
-            sparse = SparseEncoder(self.san_kernels, self.san_path_depths, self.min_depth,
-                                   self.quant, name="san")(lidar, train)
-            fused = [Fusion(self.quant, name=f"fuse{i}")(f, s, train)
-                     for i, (f, s) in enumerate(zip(features, sparse))]
-            if self.film:
-                fused[0] = FiLM(name="film")(fused[0], sparse[0])
-            if has_lidar is not None:
-                fused = [_select(has_lidar, f, r) for f, r in zip(fused, features)]
-            features = fused
-        return DepthDecoder(self.decoder_channels, self.out_channels, self.num_scales, self.quant,
-                            name="decoder")(features, train, all_scales)
-
-
-def _select(flag: jax.Array, a: Tensor, b: Tensor) -> Tensor:
-    """Per-sample choice between two feature maps (training only, FP32)."""
-    if isinstance(a, QValue):
-        raise ValueError("per-sample LiDAR dropout is an FP32 training feature")
-    return jnp.where(flag.reshape(-1, 1, 1, 1), a, b)
+                 all_scales: bool = False, dual: bool = False) -> list[jax.Array] | DualOutput:
+        features = ResNetEncoder(self.encoder, self.full_res, self.quant, name="encoder")(rgb, train)
+        decoder = DepthDecoder(self.decoder_channels, self.out_channels, self.num_scales,
+                               self.quant, name="decoder")
+        if not self.sparse or (lidar is None and not self.is_initializing()):
+            if dual:
+                raise ValueError("dual=True needs a model with a SAN and a LiDAR input")
+            return decoder(features, train, all_scales)
+        if lidar is None:
+            lidar = jnp.zeros(rgb.shape[:-1], jnp.float32)
+        sparse = SparseEncoder(self.san_kernels, self.san_path_depths, self.lidar_encoding,
+                               self.full_res, self.quant, name="san")(lidar, train)
+        fused = [Fusion(self.quant, name=f"fuse{i}")(f, s, train)
+                 for i, (f, s) in enumerate(zip(features, sparse))]
+        if self.film:
+            fused[0] = FiLM(name="film")(fused[0], sparse[0])
+        heads = decoder(fused, train, all_scales)
+        if not dual:
+            return heads
+        gaps = [jnp.mean(jnp.square(value(r) - jax.lax.stop_gradient(value(f))))
+                for r, f in zip(features, fused)]
+        return DualOutput(heads, decoder(features, train, all_scales), sum(gaps) / len(gaps))
 
 
 def build_model(model_cfg, quant: Quant = FLOAT) -> ResNetSAN:
-    from jaxdepth.encodings import get_encoding
+    from jaxdepth.encodings import get_encoding, get_lidar_encoding
     enc = get_encoding(model_cfg)
     return ResNetSAN(encoder=model_cfg.encoder, out_channels=enc.channels,
                      sparse=model_cfg.sparse, san_kernels=tuple(model_cfg.san_kernels),
                      san_path_depths=tuple(model_cfg.san_path_depths), film=model_cfg.film,
+                     full_res=model_cfg.full_res,
                      decoder_channels=tuple(model_cfg.decoder_channels),
-                     num_scales=model_cfg.num_scales, min_depth=model_cfg.min_depth, quant=quant)
+                     num_scales=model_cfg.num_scales, lidar_encoding=get_lidar_encoding(model_cfg), quant=quant)
 
 
 def quant_for(cfg, mode: str) -> Quant:

@@ -6,8 +6,8 @@ zero-filled input sums exactly the same neighbours (empty sites contribute 0), s
 active sites it computes what the sparse convolution computes; what differs is that empty
 sites also get a value. Sparsity is therefore made explicit instead of implicit:
 
-* The input is two channels, normalised inverse depth ``min_depth / d`` (0 = no return)
-  and its validity mask, and the mask is concatenated to the input of every stage, so
+* The input is two channels, a nearness falling with depth (``LidarEncoding``; 0 = no
+  return) and its validity mask, and the mask is concatenated to the input of every stage, so
   each convolution knows where data is and learns to renormalise by the local density
   (the role of normalised convolution) rather than averaging returns with empty pixels.
 * Downsampling is a 2x2 max-pool. Features are non-negative (inputs and ReLU outputs) and
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from jaxdepth.models.layers import (FLOAT, Add, Concat, Conv, Input, MaxPool, Quant, Split, Tensor,
-                                     encode_sparse)
+from jaxdepth.encodings import LidarEncoding
+from jaxdepth.models.layers import FLOAT, Add, Concat, Conv, Input, MaxPool, Quant, Split, Tensor
 from jaxdepth.models.resnet import CHANNELS
 
 
@@ -46,20 +46,29 @@ class SparseStage(nn.Module):
 
 
 class SparseEncoder(nn.Module):
-    """Five stages at strides 2..32; returns one feature map per encoder scale."""
+    """Five stages at strides 2..32; returns one feature map per encoder scale.
+
+    ``full_res`` > 0 adds a stage of that many channels at stride 1 (no pool, kernel 3)
+    in front, matching the encoder's full-resolution feature: the returns themselves,
+    not their 2x2 maxima, reach the decoder's last stage.
+    """
 
     kernels: tuple[int, ...] = (5, 5, 3, 3, 3)
     path_depths: tuple[int, ...] = (1, 2, 3)
-    min_depth: float = 0.5
+    lidar_encoding: LidarEncoding = LidarEncoding()
+    full_res: int = 0
     quant: Quant = FLOAT
 
     @nn.compact
     def __call__(self, lidar: Tensor, train: bool = False) -> list[Tensor]:
         if len(self.kernels) != len(CHANNELS):
             raise ValueError(f"san_kernels needs {len(CHANNELS)} entries, got {self.kernels}")
-        x = Input("sparse", self.min_depth, self.quant, name="input")(lidar)
+        x = Input("sparse", self.lidar_encoding, self.quant, name="input")(lidar)
         x, mask = Split(0, name="depth")(x), Split(1, name="mask")(x)
         features = []
+        if self.full_res:
+            features.append(SparseStage(self.full_res, 3, self.path_depths, self.quant,
+                                        name="stage_full")(x, mask, train))
         for i, (c, k) in enumerate(zip(CHANNELS, self.kernels)):
             x, mask = MaxPool(2, 2, name=f"pool{i}")(x), MaxPool(2, 2, name=f"mask_pool{i}")(mask)
             x = SparseStage(c, k, self.path_depths, self.quant, name=f"stage{i}")(x, mask, train)
@@ -67,4 +76,4 @@ class SparseEncoder(nn.Module):
         return features
 
 
-__all__ = ["SparseEncoder", "SparseStage", "encode_sparse"]
+__all__ = ["SparseEncoder", "SparseStage"]
