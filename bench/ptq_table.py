@@ -27,6 +27,7 @@ ESTIMATORS = ("minmax", "percentile", "mse", "kl")
 NUMS = (100, 300)
 SELECTS = ("random", "stratified")
 METRICS = ("abs_rel", "rmse", "a1")
+CALIB_BATCH = 4      # divides 100 and 300: one compilation of each calibration pass
 
 
 def parse_args() -> argparse.Namespace:
@@ -90,7 +91,8 @@ def table_for(run: Path, args: argparse.Namespace, log) -> list[dict]:
 
     estimators = ("minmax", "mse") if args.quick else ESTIMATORS
     nums = (100,) if args.quick else NUMS
-    batches = {(n, s): calibration_batches(cfg, args.calib_split, n, s, 0, *_reference_bins())[0]
+    batches = {(n, s): calibration_batches(cfg, args.calib_split, n, s, 0, *_reference_bins(),
+                                             batch_size=CALIB_BATCH)[0]
                for n in nums for s in SELECTS}
     float_model = build_model(cfg.model)
     for cle in (False, True):

@@ -75,8 +75,11 @@ def recipe_of(args: argparse.Namespace):
 
 
 def calibration_batches(cfg, split: str, num: int | None, select: str, seed: int,
-                        edges: list[float], shares: list[float]) -> tuple[list[dict], list[str]]:
-    """The calibration batches (unaugmented, eval batch size) and the chosen image names."""
+                        edges: list[float], shares: list[float],
+                        batch_size: int | None = None) -> tuple[list[dict], list[str]]:
+    """The calibration batches (unaugmented) and the chosen image names. ``batch_size``
+    defaults to the largest divisor of the image count up to ``eval.batch_size``: equal
+    batches, so each jitted calibration pass compiles once."""
     from jaxdepth.data.pipeline import Pipeline
     from jaxdepth.data.selection import Subset
     from jaxdepth.data.selection import select as select_images
@@ -86,7 +89,9 @@ def calibration_batches(cfg, split: str, num: int | None, select: str, seed: int
     indices = (range(len(dataset)) if num is None
                else select_images(dataset, select, num, seed, edges, shares))
     subset = Subset(dataset, indices)
-    pipeline = Pipeline(subset, batch_size=cfg.eval.batch_size, height=cfg.data.height,
+    if batch_size is None:
+        batch_size = max(d for d in range(1, cfg.eval.batch_size + 1) if len(subset) % d == 0)
+    pipeline = Pipeline(subset, batch_size=batch_size, height=cfg.data.height,
                         width=cfg.data.width, shuffle=False, augment=None, seed=0,
                         drop_remainder=False, prefetch=cfg.data.prefetch, workers=cfg.data.workers)
     batches = list(pipeline.epoch(0))

@@ -100,6 +100,18 @@ def with_ranges(quant: dict, ranges: dict[str, tuple[float, float]]) -> dict:
     return traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v) for k, v in out.items()})
 
 
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _histogram_step(model: nn.Module, variables: dict, rgb: jax.Array, lidar: jax.Array | None,
+                    bounds: dict, bins: int) -> dict:
+    """``{observer path: (counts, zeros)}`` of one forward; ``bounds`` are arguments, not
+    constants, so one compilation serves every calibration set."""
+    out = {}
+    for p, xs in _observed(model, variables, rgb, lidar).items():
+        parts = [_bin_counts(x, *bounds[p], bins) for x in xs]
+        out[p] = (sum(c for c, _ in parts), sum(z for _, z in parts))
+    return out
+
+
 def collect_histograms(model: nn.Module, variables: dict, batches: Sequence[dict], use_lidar: bool,
                        bins: int = BINS, progress: bool = True) -> dict[str, Histogram]:
     """The histogram of every activation over ``batches`` (FP32 model ``model``).
@@ -114,22 +126,13 @@ def collect_histograms(model: nn.Module, variables: dict, batches: Sequence[dict
     quant = calibrate(model, variables, bar("ranges"), use_lidar)
     ranges = {p: (min(lo, 0.0), max(hi, 0.0)) for p, (lo, hi) in observer_ranges(quant).items()}
     bounds = {p: (jnp.float32(lo), jnp.float32(hi)) for p, (lo, hi) in ranges.items()}
-
-    @jax.jit
-    def step(variables, rgb, lidar):
-        seen = _observed(model, variables, rgb, lidar)
-        out = {}
-        for p, xs in seen.items():
-            parts = [_bin_counts(x, *bounds[p], bins) for x in xs]
-            out[p] = (sum(c for c, _ in parts), sum(z for _, z in parts))
-        return out
-
     counts = {p: np.zeros(bins, np.int64) for p in ranges}
     zeros = dict.fromkeys(ranges, 0)
     variables = {**variables, "quant": quant}
     for batch in bar("histograms"):
         for lidar in ((batch["lidar"], None) if use_lidar else (None,)):
-            for p, (c, z) in jax.device_get(step(variables, batch["rgb"], lidar)).items():
+            got = _histogram_step(model, variables, batch["rgb"], lidar, bounds, bins)
+            for p, (c, z) in jax.device_get(got).items():
                 counts[p] += c
                 zeros[p] += int(z)
     return {p: Histogram(lo, hi, counts[p], zeros[p]) for p, (lo, hi) in ranges.items()}
