@@ -109,6 +109,31 @@ def conv_accumulate(x: jax.Array, w: jax.Array, strides: tuple[int, int],
     return acc
 
 
+PATCH_DOT_MAX_CHANNELS = 32
+
+
+def int8_conv_accumulate(x8: jax.Array, w: jax.Array, strides: tuple[int, int]) -> jax.Array:
+    """The int32 accumulator ``sum(x8 * w)`` of int8 inputs, padded already (no padding
+    here), and int8 weight codes (HWIO), in integer arithmetic.
+
+    XLA:CPU runs an int8 convolution with few input channels several times slower than
+    the same products as one int8 matrix product over the k x k patches (im2col), and
+    wide ones faster; so convs with fewer than ``PATCH_DOT_MAX_CHANNELS`` input channels
+    gather their patches and take one dot (``bench/integer.py``). Both sums are exact.
+    """
+    kh, kw, cin, cout = w.shape
+    if cin >= PATCH_DOT_MAX_CHANNELS:
+        return jax.lax.conv_general_dilated(x8, w, strides, "VALID",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            preferred_element_type=jnp.int32)
+    (sh, sw), (_, h, wd, _) = strides, x8.shape
+    oh, ow = (h - kh) // sh + 1, (wd - kw) // sw + 1
+    patches = jnp.concatenate([x8[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+                               for i in range(kh) for j in range(kw)], axis=-1)
+    return jax.lax.dot_general(patches, w.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())),
+                               preferred_element_type=jnp.int32)
+
+
 def conv_output(acc: jax.Array, bias: jax.Array, multiplier: Multiplier, out_zp: jax.Array,
                 fmt: qn.Format, relu: bool) -> jax.Array:
     """Output codes of a conv from its int32 accumulator sum((x - zp) * w)."""
