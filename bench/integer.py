@@ -11,23 +11,31 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from common import bench_args, machine
 
 
-def timed(fn, runs: int, batch: int) -> dict:
-    """First call (compilation included) and the median of ``runs`` calls."""
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(runs):
+def timed(fns: dict[str, Callable[[], object]], runs: int, batch: int) -> dict[str, dict]:
+    """First call of each (compilation included), then ``runs`` rounds calling each in
+    turn, so that every forward sees the same machine load; medians."""
+    first, times = {}, {k: [] for k in fns}
+    for k, fn in fns.items():
         t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    s = float(np.median(times))
-    return {"first_call_s": round(first, 2), "batch_s": round(s, 4), "images_per_s": round(batch / s, 2)}
+        first[k] = time.perf_counter() - t0
+    for _ in range(runs):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    out = {}
+    for k in fns:
+        s = float(np.median(times[k]))
+        out[k] = {"first_call_s": round(first[k], 2), "batch_s": round(s, 4),
+                  "images_per_s": round(batch / s, 2)}
+    return out
 
 
 def main() -> None:
@@ -63,13 +71,14 @@ def main() -> None:
     feeds = {"fp32": xonnx.feeds(graph, rgb, lidar), "qdq": xonnx.feeds(graph, rgb, lidar),
              "integer": xonnx.code_feeds(graph, rgb, lidar)}
     sessions = {k: xonnx.session(m) for k, m in onnx_models.items()}
-    rows = {
-        "fp32": timed(lambda: heads["float"](variables, rgb, lidar).block_until_ready(), args.runs, n),
-        "int8 fake-quant": timed(lambda: heads["fake"](variables, rgb, lidar).block_until_ready(), args.runs, n),
-        "int8 integer": timed(lambda: forward(params, rgb, lidar).block_until_ready(), args.runs, n),
-        **{f"onnxruntime {k}": timed(lambda s=s, k=k: s.run(None, feeds[k]), args.runs, n)
-           for k, s in sessions.items()},
-    }
+    rows = timed({
+        "fp32": lambda: heads["float"](variables, rgb, lidar).block_until_ready(),
+        "int8 fake-quant": lambda: heads["fake"](variables, rgb, lidar).block_until_ready(),
+        "int8 integer": lambda: forward(params, rgb, lidar).block_until_ready(),
+        **{f"onnxruntime {k}": lambda s=s, k=k: s.run(None, feeds[k]) for k, s in sessions.items()},
+    }, args.runs, n)
+    for r in rows.values():
+        r["x_fp32"] = round(r["batch_s"] / rows["fp32"]["batch_s"], 3)
     with tempfile.TemporaryDirectory() as tmp:
         sizes = artifact.save(graph, cfg, tmp, used_parameter_count(graph, variables))
         for name, m in onnx_models.items():
@@ -79,9 +88,10 @@ def main() -> None:
 
     print(f"{cfg.model.encoder} + SAN at {h}x{w}, batch {n}, preset {cfg.quant.preset}; "
           f"export {export_s:.1f} s ({len(graph.nodes)} layers)")
-    print(f"{'forward':<20}{'batch s':>9}{'img/s':>9}{'1st call s':>12}")
+    print(f"{'forward':<20}{'batch s':>9}{'x FP32':>8}{'img/s':>9}{'1st call s':>12}")
     for name, r in rows.items():
-        print(f"{name:<20}{r['batch_s']:>9.3f}{r['images_per_s']:>9.2f}{r['first_call_s']:>12.1f}")
+        print(f"{name:<20}{r['batch_s']:>9.3f}{r['x_fp32']:>8.2f}{r['images_per_s']:>9.2f}"
+              f"{r['first_call_s']:>12.1f}")
     print(f"integer artifact {sizes['integer_bytes']:,} B = {sizes['ratio']:.3f} x FP32 parameters "
           f"({sizes['fp32_bytes']:,} B); ONNX fp32 {sizes['fp32_onnx_bytes']:,} B, "
           f"qdq {sizes['qdq_onnx_bytes']:,} B, integer {sizes['integer_onnx_bytes']:,} B")

@@ -4,7 +4,9 @@ The PyTorch model below is written from ``jaxdepth.models`` layer for layer: Res
 encoder with the input normalisation inside, the SAN (max-pool by 2, mask concatenated,
 parallel conv+BN+ReLU paths summed) fused by per-channel gates, the monodepth2 decoder
 with nearest x2 upsampling and sigmoid heads at scales 0..3, heads resized bilinearly to
-full resolution for the integer/fraction loss, gradient clipping and AdamW. Both sides
+full resolution for the integer/fraction loss, gradient clipping and AdamW. With the SAN
+it trains as ``train_lib.make_train_step`` does: the fused pass, the RGB-only pass
+(``train.mono_weight``) and the skip consistency term (``train.consistency_weight``). Both sides
 use 2 threads and the same shapes; the two frameworks' steps alternate (A B A B ...) so
 both see the same machine load, and the medians are compared.
 
@@ -105,7 +107,7 @@ class SparseEncoder(nn.Module):
 
     def forward(self, lidar: torch.Tensor) -> list[torch.Tensor]:
         mask = (lidar > 0).float()
-        x = torch.where(lidar > 0, self.min_depth / lidar.clamp(min=self.min_depth), 0.0)
+        x = torch.where(lidar > 0, self.min_depth / lidar.clamp(min=self.min_depth), 0.0)   # inverse
         features = []
         for stage in self.stages:
             x, mask = F.max_pool2d(x, 2), F.max_pool2d(mask, 2)
@@ -153,19 +155,24 @@ class DepthDecoder(nn.Module):
 class ResNetSAN(nn.Module):
     def __init__(self, model_cfg, out_channels: int) -> None:
         super().__init__()
+        if model_cfg.full_res or model_cfg.film or model_cfg.encoder != "resnet18":
+            raise ValueError("the PyTorch reference is ResNet-18 without full_res or FiLM")
         self.encoder = ResNet18Encoder()
         self.san = (SparseEncoder(tuple(model_cfg.san_kernels), tuple(model_cfg.san_path_depths),
                                   model_cfg.min_depth) if model_cfg.sparse else None)
         self.fuse = nn.ModuleList(Fusion(c) for c in CHANNELS) if model_cfg.sparse else None
         self.decoder = DepthDecoder(tuple(model_cfg.decoder_channels), out_channels, model_cfg.num_scales)
 
-    def forward(self, rgb: torch.Tensor, lidar: torch.Tensor | None,
-                has_lidar: torch.Tensor | None) -> list[torch.Tensor]:
+    def forward(self, rgb: torch.Tensor, lidar: torch.Tensor | None, dual: bool = False):
+        """Heads; with ``dual``, (fused heads, RGB-only heads, skip consistency gap)."""
         features = self.encoder(rgb)
-        if self.san is not None and lidar is not None:
-            fused = [f(x, s) for f, x, s in zip(self.fuse, features, self.san(lidar))]
-            features = [torch.where(has_lidar.view(-1, 1, 1, 1), a, b) for a, b in zip(fused, features)]
-        return self.decoder(features)
+        if self.san is None or lidar is None:
+            return self.decoder(features)
+        fused = [f(x, s) for f, x, s in zip(self.fuse, features, self.san(lidar))]
+        if not dual:
+            return self.decoder(fused)
+        gap = sum(torch.mean(torch.square(r - f.detach())) for r, f in zip(features, fused)) / len(fused)
+        return self.decoder(fused), self.decoder(features), gap
 
 
 def intfrac_loss(heads: list[torch.Tensor], depth: torch.Tensor, min_depth: float,
@@ -195,11 +202,17 @@ def torch_step(cfg, batch: dict) -> Callable[[], None]:
     rgb = torch.from_numpy(batch["rgb"]).permute(0, 3, 1, 2).contiguous()
     depth = torch.from_numpy(batch["depth"])
     lidar = torch.from_numpy(batch["lidar"])[:, None] if cfg.model.sparse else None
-    gen = torch.Generator().manual_seed(0)
+    t, m = cfg.train, cfg.model
+    dual = m.sparse and t.mono_weight > 0
 
     def run() -> None:
-        has_lidar = torch.rand(rgb.shape[0], generator=gen) >= cfg.data.lidar_drop
-        loss = intfrac_loss(model(rgb, lidar, has_lidar), depth, cfg.model.min_depth, cfg.model.max_depth)
+        if dual:
+            lidar_heads, mono_heads, gap = model(rgb, lidar, dual=True)
+            loss = (intfrac_loss(lidar_heads, depth, m.min_depth, m.max_depth)
+                    + t.mono_weight * intfrac_loss(mono_heads, depth, m.min_depth, m.max_depth)
+                    + t.consistency_weight * gap)
+        else:
+            loss = intfrac_loss(model(rgb, lidar), depth, m.min_depth, m.max_depth)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.train.grad_clip > 0:
