@@ -9,7 +9,8 @@ markdown table and one JSON line. Usage:
 
     python bench/ptq_table.py RUN [RUN ...] [--quick] [--split test] [--json PATH]
 
-``--quick``: min-max and MSE, 100 images, CLE off and on (the CI-sized subset).
+``--quick``: min-max and MSE, 100 images, CLE off and on (the CI-sized subset);
+``--estimators``, ``--nums``, ``--selects``, ``--weights``, ``--cle`` pick other subsets.
 INT8 metrics are the fake-quant model's, whose codes the integer export reproduces exactly
 (tests/test_export.py, tests/test_ptq.py).
 """
@@ -34,9 +35,15 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run folders (their checkpoints/fp32 and best_qat)")
     p.add_argument("--quick", action="store_true", help="min-max and MSE, 100 images only")
+    p.add_argument("--estimators", nargs="+", choices=ESTIMATORS, default=None, help="subset of the grid")
+    p.add_argument("--nums", nargs="+", type=int, default=None, help="subset of the grid")
+    p.add_argument("--selects", nargs="+", choices=SELECTS, default=list(SELECTS), help="subset of the grid")
+    p.add_argument("--weights", nargs="+", choices=("tensor", "channel"), default=["tensor", "channel"],
+                   help="subset of the grid")
+    p.add_argument("--cle", nargs="+", choices=("off", "on"), default=["off", "on"], help="subset of the grid")
     p.add_argument("--split", default="test")
     p.add_argument("--calib-split", default="calib")
-    p.add_argument("--recipes", nargs="*", default=["minmax", "npu", "per_channel"],
+    p.add_argument("--recipes", nargs="*", default=["npu", "per_channel"],
                    help="named recipes of jaxdepth.calibrate to add as rows")
     p.add_argument("--json", default=None, help="also write the JSON line to this file")
     args = p.parse_args()
@@ -89,19 +96,19 @@ def table_for(run: Path, args: argparse.Namespace, log) -> list[dict]:
     rows = [row("fp32", fp32_metrics)]
     rows += [row(f"baseline {name}", m) for name, m in base.baselines(args.split).items()]
 
-    estimators = ("minmax", "mse") if args.quick else ESTIMATORS
-    nums = (100,) if args.quick else NUMS
+    estimators = args.estimators or (("minmax", "mse") if args.quick else ESTIMATORS)
+    nums = args.nums or ((100,) if args.quick else NUMS)
     batches = {(n, s): calibration_batches(cfg, args.calib_split, n, s, 0, *_reference_bins(),
                                              batch_size=CALIB_BATCH)[0]
-               for n in nums for s in SELECTS}
+               for n in nums for s in args.selects}
     float_model = build_model(cfg.model)
-    for cle in (False, True):
+    for cle in (c == "on" for c in args.cle):
         weights = equalize(fp32)[0] if cle else fp32
         for (n, select), b in batches.items():
             t0 = time.perf_counter()
             hists = collect_histograms(float_model, weights, b, use_lidar, progress=False)
             for est in estimators:
-                for per_channel in (False, True):
+                for per_channel in (w == "channel" for w in args.weights):
                     preset = weights_preset(cfg.quant.preset, per_channel)
                     ranges = estimate(hists, est, qn.get_scheme(preset).activation)
                     variables = {**weights, "quant": with_ranges(weights["quant"], ranges)}
@@ -110,7 +117,8 @@ def table_for(run: Path, args: argparse.Namespace, log) -> list[dict]:
                                     weights="channel" if per_channel else "tensor", cle=cle,
                                     calib_s=round(time.perf_counter() - t0, 1)))
                     t0 = time.perf_counter()
-    b = batches[(nums[-1], "stratified")]
+    b = calibration_batches(cfg, args.calib_split, nums[-1], "stratified", 0, *_reference_bins(),
+                            batch_size=CALIB_BATCH)[0]
     for name in args.recipes:
         t0 = time.perf_counter()
         variables, preset = post_training_quantize(cfg.model, cfg.quant.preset, fp32, b, use_lidar,
