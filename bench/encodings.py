@@ -6,7 +6,12 @@ The perturbation stands for a network that is never exact: Gaussian noise of sig
 1 and 2 codes on every channel, rounded and clamped to [0, 255] as a uint8 head's output
 is. Errors are in mm per depth band of the ground truth (RMS, p99 and max of |error|).
 ``phase (1 m only)`` is the phase encoding with a single period, to show what the second,
-coarser period is for. Prints a table and one JSON line. Usage:
+coarser period is for.
+
+The LiDAR input is measured the same way: every return of the split is encoded by each
+``LidarEncoding``, rounded to its 8-bit input code and decoded (mm per band), and the
+``lidar nearest fill`` baseline is recomputed from those decoded returns, the completion
+a network could get by copying its integer input. Prints tables and one JSON line. Usage:
     python bench/encodings.py [--config configs/default.yaml] [--split test] [--seed 0] [--set k=v ...]
 """
 from __future__ import annotations
@@ -52,6 +57,39 @@ def band_stats(err: np.ndarray, depth: np.ndarray) -> dict:
     return out
 
 
+def lidar_inputs(cfg, split: str) -> dict:
+    """Per LiDAR encoding: 8-bit round-trip error of the returns (mm per band) and the
+    nearest-fill metrics from the decoded returns; ``float`` is the unquantized input."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxdepth.baselines import nearest_fill, train_median_depth
+    from jaxdepth.data.sources import eval_pipeline
+    from jaxdepth.encodings import LIDAR_ENCODINGS, LidarEncoding, get_encoding
+    from jaxdepth.evaluate import evaluate
+
+    m = cfg.model
+    constant = train_median_depth(cfg)
+
+    def through_codes(enc: LidarEncoding) -> jax.Array:
+        return jax.jit(lambda d: enc.decode(jnp.round(enc.encode(d) * 255.0) / 255.0))
+
+    lidar = np.concatenate([b["lidar"].ravel() for b in eval_pipeline(cfg, split).epoch(0)])
+    returns = lidar[(lidar > m.min_depth) & (lidar < m.max_depth)]
+    out = {}
+    for kind in (None,) + LIDAR_ENCODINGS:
+        if kind is None:
+            inputs = lambda x: x
+        else:
+            inputs = through_codes(LidarEncoding(kind, m.min_depth, m.max_depth))
+        predict = lambda v, rgb, x: nearest_fill(np.asarray(inputs(jnp.asarray(x))), constant)
+        fill = evaluate(predict, {}, eval_pipeline(cfg, split).epoch(0), cfg.eval.batch_size,
+                        get_encoding(m), cfg.eval.garg_crop, median_scaling=False)["metrics"]
+        err = (np.asarray(inputs(jnp.asarray(returns)), np.float64) - returns) * 1000.0
+        out[kind or "float"] = {"nearest_fill": fill, "returns_mm": band_stats(err, returns)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/default.yaml")
@@ -85,8 +123,18 @@ def main() -> None:
         for key, stats in rows.items():
             cells = " | ".join(f"{s['rms']:.1f} / {s['p99']:.1f} / {s['max']:.1f}" for s in stats.values())
             print(f"| {name} | {key.split('_')[1]} | {cells} |")
+    lidar = lidar_inputs(cfg, args.split)
+    print()
+    print("LiDAR input: |decoded 8-bit return - return| in mm, rms / p99 / max; nearest fill "
+          "from the decoded returns")
+    print("| input | " + " | ".join(f"{b} m" for b in bands) + " | fill abs_rel | fill rmse (m) |")
+    print("|---|" + "---|" * (len(bands) + 2))
+    for kind, r in lidar.items():
+        cells = " | ".join(f"{s['rms']:.1f} / {s['p99']:.1f} / {s['max']:.1f}" for s in r["returns_mm"].values())
+        print(f"| {kind} | {cells} | {r['nearest_fill']['abs_rel']:.4f} | {r['nearest_fill']['rmse']:.3f} |")
     print(json.dumps({"bench": "encodings", "machine": machine(), "split": args.split,
-                      "pixels": int(depth.size), "seed": args.seed, "results": results}))
+                      "pixels": int(depth.size), "seed": args.seed, "results": results,
+                      "lidar_inputs": lidar}))
 
 
 if __name__ == "__main__":

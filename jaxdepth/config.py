@@ -25,6 +25,7 @@ class ModelConfig:
     encoder: str = "resnet18"                 # resnet18 | resnet34
     encoding: str = "intfrac"                 # see jaxdepth.encodings.ENCODINGS
     lidar_encoding: str = "inverse"           # see jaxdepth.encodings.LidarEncoding
+    lidar_fill: bool = False                   # add the nearest-return fill as an input channel
     min_depth: float = 0.5
     max_depth: float = 15.0
     sparse: bool = True                        # build the sparse auxiliary network (SAN)

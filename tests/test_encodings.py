@@ -199,3 +199,25 @@ def test_lidar_encodings_keep_nearest_first_and_round_trip():
         assert float(rel.max()) < worst, (enc.kind, float(rel.max()))
     with pytest.raises(ValueError, match="model.lidar_encoding"):
         LidarEncoding("linear")
+
+
+def test_nearest_fill_picks_a_nearest_return_like_a_distance_transform():
+    from scipy import ndimage
+
+    from jaxdepth.encodings import nearest_fill
+
+    rng = np.random.default_rng(0)
+    h, w = 40, 150
+    valid = rng.random((3, h, w)) < 0.03
+    valid[2] = False                                        # an image without returns
+    rows, cols = np.mgrid[:h, :w].astype(np.float32)
+    fill = jax.jit(nearest_fill)
+    # Filling the coordinates gives the seed each pixel took: at a nearest distance (ties
+    # may pick another seed than scipy's), and the seeds themselves keep their value.
+    r = np.asarray(fill(jnp.asarray(np.broadcast_to(rows, (3, h, w))), jnp.asarray(valid)))
+    c = np.asarray(fill(jnp.asarray(np.broadcast_to(cols, (3, h, w))), jnp.asarray(valid)))
+    for i in range(2):
+        nearest = ndimage.distance_transform_edt(~valid[i])
+        np.testing.assert_allclose(np.hypot(r[i] - rows, c[i] - cols), nearest, atol=1e-4)
+        assert np.array_equal(r[i][valid[i]], rows[valid[i]])
+    assert not r[2].any() and not c[2].any()

@@ -203,9 +203,9 @@ def test_monocular_integer_graph_matches_its_fake_quant_forward(tiny_data, prese
     np.testing.assert_array_equal(got, want)
 
 
-def test_full_resolution_skip_and_log_lidar_input_export_exactly(tiny_data):
+def test_full_resolution_skip_and_filled_log_lidar_input_export_exactly(tiny_data):
     cfg = tiny_cfg(tiny_data, tiny_data.parent / "unused_run", model__full_res=4,
-                   model__lidar_encoding="log")
+                   model__lidar_encoding="log", model__lidar_fill=True)
     model = build_model(cfg.model)
     variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, H, W, 3)), jnp.zeros((1, H, W))))(
         jax.random.PRNGKey(0))
@@ -213,7 +213,8 @@ def test_full_resolution_skip_and_log_lidar_input_export_exactly(tiny_data):
                                                  use_lidar=True)}
     graph = export_graph(cfg, variables, H, W)
     nodes = {n.name: n for n in graph.nodes}
-    assert nodes["sparse"].attrs["lidar_encoding"] == "log"
+    assert nodes["sparse"].attrs["lidar_encoding"] == "log" and nodes["sparse"].attrs["lidar_fill"]
+    assert nodes["san/with_fill"].inputs == ["san/depth", "san/fill"]
     # The full-resolution RGB and LiDAR features, fused, reach the last decoder stage.
     assert nodes["decoder/skip0"].inputs == ["decoder/up0", "fuse0"]
     assert nodes["fuse0"].inputs == ["encoder/conv0", "san/stage_full/sum"]

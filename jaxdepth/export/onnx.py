@@ -5,8 +5,8 @@ All are NCHW with a free batch dimension. Inputs of the FP32 and QDQ models:
 
 * ``rgb`` (N, 3, H, W) in [0, 1]; the normalisation (x - mean) / std is in the graph as a
   Mul and an Add by (1, 3, 1, 1) constants.
-* ``sparse`` (N, 2, H, W): the LiDAR already encoded as [nearness, valid mask] by the
-  graph's ``LidarEncoding`` (0 where there is no return). The encoding needs a division
+* ``sparse`` (N, C, H, W): the LiDAR already encoded as [nearness, valid mask] (and the
+  nearest-return fill, C = 3) by the graph's ``LidarEncoding`` (0 where there is no return). The encoding needs a division
   or a log and a comparison, outside the NPU op set, so it runs on the host
   (``sparse_input``).
 
@@ -395,7 +395,7 @@ def to_integer(graph: Graph, encoding: str) -> onnx.ModelProto:
 
 
 def sparse_input(lidar: np.ndarray, encoding: LidarEncoding) -> np.ndarray:
-    """(N, H, W) LiDAR metres -> the ``sparse`` input (N, 2, H, W), encoded on the host."""
+    """(N, H, W) LiDAR metres -> the ``sparse`` input (N, C, H, W), encoded on the host."""
     return np.ascontiguousarray(np.transpose(np.asarray(encoding.encode(lidar)), (0, 3, 1, 2)))
 
 

@@ -7,7 +7,8 @@ active sites it computes what the sparse convolution computes; what differs is t
 sites also get a value. Sparsity is therefore made explicit instead of implicit:
 
 * The input is two channels, a nearness falling with depth (``LidarEncoding``; 0 = no
-  return) and its validity mask, and the mask is concatenated to the input of every stage, so
+  return) and its validity mask (optionally a third: the nearest return's nearness at
+  every pixel, which joins the first), and the mask is concatenated to the input of every stage, so
   each convolution knows where data is and learns to renormalise by the local density
   (the role of normalised convolution) rather than averaging returns with empty pixels.
 * Downsampling is a 2x2 max-pool. Features are non-negative (inputs and ReLU outputs) and
@@ -63,8 +64,10 @@ class SparseEncoder(nn.Module):
     def __call__(self, lidar: Tensor, train: bool = False) -> list[Tensor]:
         if len(self.kernels) != len(CHANNELS):
             raise ValueError(f"san_kernels needs {len(CHANNELS)} entries, got {self.kernels}")
-        x = Input("sparse", self.lidar_encoding, self.quant, name="input")(lidar)
-        x, mask = Split(0, name="depth")(x), Split(1, name="mask")(x)
+        inputs = Input("sparse", self.lidar_encoding, self.quant, name="input")(lidar)
+        x, mask = Split(0, name="depth")(inputs), Split(1, name="mask")(inputs)
+        if self.lidar_encoding.fill:
+            x = Concat(self.quant, name="with_fill")([x, Split(2, name="fill")(inputs)], train)
         features = []
         if self.full_res:
             features.append(SparseStage(self.full_res, 3, self.path_depths, self.quant,
