@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from jaxdepth.models.layers import same_padding
 from jaxdepth.quant import aqt_backend
 from jaxdepth.quant.folding import FoldedConvs
 from jaxdepth.quant.freeze import freeze
@@ -102,13 +103,10 @@ def sample_patches(model: nn.Module, variables: dict, batches: Sequence[dict], u
     ``PATCHES`` per batch (and LiDAR mode), at random positions."""
     @jax.jit
     def step(variables, rgb, lidar, key):
-        def reduce(p, x, stride, padding):
-            kh = variables["params"]
-            for part in p.split("/"):
-                kh = kh[part]
-            k = kh["kernel"].shape[0]
+        def reduce(p, x, conv):
             patches = jax.lax.conv_general_dilated_patches(
-                x, (k, k), (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                x, (conv.kernel,) * 2, (conv.stride,) * 2, same_padding(conv.kernel),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"))
             flat = patches.reshape(-1, patches.shape[-1])
             sub = jax.random.fold_in(key, zlib.crc32(p.encode()) % (2 ** 31))
             return flat[jax.random.randint(sub, (PATCHES,), 0, flat.shape[0])]

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from jaxdepth.models.layers import same_padding
 from jaxdepth.quant import aqt_backend
 from jaxdepth.quant.folding import FoldedConvs
 from jaxdepth.quant.freeze import freeze
@@ -39,8 +40,8 @@ def output_shifts(model: nn.Module, variables: dict, batches: Sequence[dict], us
 
     @jax.jit
     def step(variables, errors, rgb, lidar):
-        def reduce(p, x, stride, padding):
-            y = jax.lax.conv_general_dilated(x, errors[p], (stride, stride), padding,
+        def reduce(p, x, conv):
+            y = jax.lax.conv_general_dilated(x, errors[p], (conv.stride,) * 2, same_padding(conv.kernel),
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
             return y.mean(axis=(0, 1, 2))
         return conv_taps(model, variables, rgb, lidar, reduce)

@@ -13,22 +13,22 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from jaxdepth.models.layers import Conv, path, same_padding, value
+from jaxdepth.models.layers import Conv, path, value
 
-# reduce(path, input (real values, NHWC), stride, padding) -> any pytree of statistics
-Reduce = Callable[[str, jax.Array, int, tuple], Any]
+# reduce(path, input (real values, NHWC), the Conv block) -> any pytree of statistics
+Reduce = Callable[[str, jax.Array, Conv], Any]
 
 
 def conv_taps(model: nn.Module, variables: dict, rgb: jax.Array, lidar: jax.Array | None,
               reduce: Reduce) -> dict[str, Any]:
-    """``{conv path: reduce(path, x, stride, padding)}`` for every Conv that runs (call
-    inside ``jax.jit``)."""
+    """``{conv path: reduce(path, x, conv)}`` for every Conv that runs (call inside
+    ``jax.jit``)."""
     out: dict[str, Any] = {}
 
     def interceptor(next_fun, args, kwargs, context):
         m = context.module
         if isinstance(m, Conv) and context.method_name == "__call__":
-            out[path(m)] = reduce(path(m), value(args[0]), m.stride, same_padding(m.kernel))
+            out[path(m)] = reduce(path(m), value(args[0]), m)
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(interceptor):
