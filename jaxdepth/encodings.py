@@ -231,6 +231,7 @@ def get_encoding(model_cfg) -> Encoding:
 # ----------------------------------------------------------------------------- LiDAR input
 
 LIDAR_ENCODINGS = ("inverse", "log")
+_LOG_FLOOR = 1.0 / 255.0      # the log input's farthest return: one 8-bit code above none
 
 
 def nearest_fill(value: jax.Array, valid: jax.Array) -> jax.Array:
@@ -310,9 +311,8 @@ class LidarEncoding:
         if self.kind == "inverse":
             near = self.min_depth / d
         else:
-            floor = 1.0 / 255.0
-            near = floor + (1.0 - floor) * (1.0 - jnp.log(d / self.min_depth)
-                                             / math.log(self.max_depth / self.min_depth))
+            near = _LOG_FLOOR + (1.0 - _LOG_FLOOR) * (1.0 - jnp.log(d / self.min_depth)
+                                                       / math.log(self.max_depth / self.min_depth))
         near = jnp.where(valid, near, 0.0)
         chans = [near, valid.astype(jnp.float32)]
         if self.fill:
@@ -325,8 +325,7 @@ class LidarEncoding:
         if self.kind == "inverse":
             d = self.min_depth / jnp.maximum(near, self.min_depth / self.max_depth)
         else:
-            floor = 1.0 / 255.0
-            t = 1.0 - (near - floor) / (1.0 - floor)
+            t = 1.0 - (near - _LOG_FLOOR) / (1.0 - _LOG_FLOOR)
             d = self.min_depth * jnp.exp(jnp.clip(t, 0.0, 1.0) * math.log(self.max_depth / self.min_depth))
         return jnp.where(valid, d, 0.0)
 
