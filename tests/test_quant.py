@@ -118,6 +118,20 @@ def test_conv_accumulator_is_exact_beyond_float32_integers():
     assert not np.array_equal(np.asarray(single).astype(np.int64), want)   # the test can fail
 
 
+@pytest.mark.parametrize("integer_convs", [True, False], ids=["int8 kernels", "float32 groups"])
+@pytest.mark.parametrize("cin,stride", [(3, 2), (64, 1)])
+def test_int8_conv_accumulate_is_exact_on_both_kernels(monkeypatch, integer_convs, cin, stride):
+    """The integer forward's conv: int8 patch product (few channels) or int8 conv on
+    XLA:CPU, exact float32 groups where the backend has no integer convolution (XLA:GPU);
+    forced here, so CPU runs check the GPU path too."""
+    monkeypatch.setattr(iops, "integer_convolutions", lambda: integer_convs)
+    rng = np.random.default_rng(cin)
+    x = rng.integers(-128, 128, size=(2, 9, 11, cin)).astype(np.int8)
+    w = rng.integers(-127, 128, size=(3, 3, cin, 5)).astype(np.int8)
+    got = iops.int8_conv_accumulate(jnp.asarray(x), jnp.asarray(w), (stride, stride))
+    np.testing.assert_array_equal(np.asarray(got), _int_conv_reference(x.astype(np.int32), w, stride, 0))
+
+
 def test_accumulator_overflow_is_refused_naming_the_layer():
     with pytest.raises(ValueError, match="decoder/wide.*int32 accumulator"):
         iops.accumulator_groups(9, 60_000, "decoder/wide")

@@ -112,6 +112,11 @@ def conv_accumulate(x: jax.Array, w: jax.Array, strides: tuple[int, int],
 PATCH_DOT_MAX_CHANNELS = 32
 
 
+def integer_convolutions() -> bool:
+    """Whether the backend compiling the integer forward runs int8 convolutions (XLA:CPU)."""
+    return jax.default_backend() == "cpu"
+
+
 def int8_conv_accumulate(x8: jax.Array, w: jax.Array, strides: tuple[int, int]) -> jax.Array:
     """The int32 accumulator ``sum(x8 * w)`` of int8 inputs, padded already (no padding
     here), and int8 weight codes (HWIO), in integer arithmetic.
@@ -120,8 +125,12 @@ def int8_conv_accumulate(x8: jax.Array, w: jax.Array, strides: tuple[int, int]) 
     the same products as one int8 matrix product over the k x k patches (im2col), and
     wide ones faster; so convs with fewer than ``PATCH_DOT_MAX_CHANNELS`` input channels
     gather their patches and take one dot (``bench/integer.py``). Both sums are exact.
+    XLA:GPU implements no integer convolution (it fails with UNIMPLEMENTED), so on other
+    backends the same sum runs as ``conv_accumulate``'s exact float32 groups.
     """
     kh, kw, cin, cout = w.shape
+    if not integer_convolutions():
+        return conv_accumulate(x8.astype(jnp.int32), w, strides, ((0, 0), (0, 0)))
     if cin >= PATCH_DOT_MAX_CHANNELS:
         return jax.lax.conv_general_dilated(x8, w, strides, "VALID",
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"),
