@@ -98,9 +98,11 @@ def table_for(run: Path, args: argparse.Namespace, log) -> list[dict]:
 
     estimators = args.estimators or (("minmax", "mse") if args.quick else ESTIMATORS)
     nums = args.nums or ((100,) if args.quick else NUMS)
-    batches = {(n, s): calibration_batches(cfg, args.calib_split, n, s, 0, *_reference_bins(),
-                                             batch_size=CALIB_BATCH)[0]
-               for n in nums for s in args.selects}
+    def calibration_set(n: int, select: str) -> list[dict]:
+        return calibration_batches(cfg, args.calib_split, n, select, 0, *_reference_bins(),
+                                   batch_size=CALIB_BATCH)[0]
+
+    batches = {(n, s): calibration_set(n, s) for n in nums for s in args.selects}
     float_model = build_model(cfg.model)
     for cle in (c == "on" for c in args.cle):
         weights = equalize(fp32)[0] if cle else fp32
@@ -117,8 +119,8 @@ def table_for(run: Path, args: argparse.Namespace, log) -> list[dict]:
                                     weights="channel" if per_channel else "tensor", cle=cle,
                                     calib_s=round(time.perf_counter() - t0, 1)))
                     t0 = time.perf_counter()
-    b = calibration_batches(cfg, args.calib_split, nums[-1], "stratified", 0, *_reference_bins(),
-                            batch_size=CALIB_BATCH)[0]
+    recipe_set = (nums[-1], "stratified")
+    b = batches[recipe_set] if recipe_set in batches else calibration_set(*recipe_set)
     for name in args.recipes:
         t0 = time.perf_counter()
         variables, preset = post_training_quantize(cfg.model, cfg.quant.preset, fp32, b, use_lidar,
