@@ -13,11 +13,11 @@ from conftest import tiny_cfg
 
 from jaxdepth.data import selection
 from jaxdepth.models import FLOAT, Quant, build_model
-from jaxdepth.models.layers import Conv, Input, value
+from jaxdepth.models.layers import Conv, Input, same_padding, value
 from jaxdepth.models.resnet import BasicBlock
 from jaxdepth.quant import aqt_backend, ranges
 from jaxdepth.quant import numerics as qn
-from jaxdepth.quant.adaround import adaround, objective, optimise_rounding
+from jaxdepth.quant.adaround import adaround, objective, optimise_rounding, patches_at_random
 from jaxdepth.quant.bias_correction import correct_biases, output_shifts
 from jaxdepth.quant.calibrate import calibrate
 from jaxdepth.quant.cle import equalize
@@ -190,6 +190,20 @@ def test_adaround_is_never_worse_than_nearest_rounding_on_its_objective():
     # Inputs that see no error (all zero): nothing to gain, nearest rounding is kept.
     _, scale = aqt_backend.quantize_weights(w, False)
     np.testing.assert_array_equal(optimise_rounding(w, scale, jnp.zeros_like(x), 50), jnp.round(w / scale))
+    # The choice is made on the held-out patches: where they see no error, nearest is kept.
+    held_out = optimise_rounding(w, scale, x, 50, x_check=jnp.zeros_like(x))
+    np.testing.assert_array_equal(held_out, jnp.round(w / scale))
+
+
+def test_sampled_patches_are_the_convs_own_input_patches():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 11, 3))
+    for kernel, stride in ((3, 1), (3, 2), (1, 2), (7, 2)):
+        full = jax.lax.conv_general_dilated_patches(x, (kernel,) * 2, (stride,) * 2, same_padding(kernel),
+                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        full = np.asarray(full).reshape(-1, full.shape[-1])
+        got = np.asarray(patches_at_random(x, kernel, stride, 40, jax.random.PRNGKey(1)))
+        assert got.shape == (40, 3 * kernel * kernel)
+        assert np.abs(got[:, None] - full[None]).max(-1).min(-1).max() == 0   # each is one of XLA's
 
 
 def test_adaround_writes_kernels_that_aqt_quantizes_to_the_chosen_codes():
