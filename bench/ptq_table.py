@@ -190,7 +190,7 @@ def markdown(rows: list[dict]) -> str:
         cle = {True: "on", False: "off"}.get(r.get("cle"), "")
         lines.append(f"| {r['encoding']} | {r['row']} | {r.get('estimator', '')} | {r.get('images', '')} "
                      f"| {r.get('select', '')} | {r.get('weights', '')} | {cle} | {r['abs_rel']:.4f} "
-                     f"| {r['rmse']:.3f} | {r['a1']:.4f} | {r['vs_fp32']:.2f} |")
+                     f"| {r['rmse']:.3f} | {r['a1']:.4f} | {r['vs_fp32']:.3f} |")
     return "\n".join(lines)
 
 
