@@ -12,8 +12,10 @@ the weights at ``+-127`` (those that set AbsMax's scale) keep nearest rounding. 
 patches drive the optimisation; the other half decide: a layer whose learned rounding
 does not beat nearest rounding on those held-out patches keeps nearest rounding, so a
 kernel wider than its sample (3x3x512 inputs) cannot overfit its way into the model.
-The cost is ``PATCHES / 2 x ITERATIONS`` multiply-adds per weight, a few minutes for the
-whole network on two CPU cores. The result is written as a folded kernel on the integer
+The patches come from one pass of the nearest-rounded model, not layer by layer from
+the already-rounded one. The cost is about ``3 x PATCHES / 2 x ITERATIONS``
+multiply-adds per weight (forward and backward): two to four minutes for ResNetSAN on a
+2-core CPU (``docs/ptq.md``). The result is written as a folded kernel on the integer
 grid, ``s * codes``, so AQT's quantizer reproduces the chosen codes.
 """
 from __future__ import annotations
@@ -54,6 +56,7 @@ def objective(codes: jax.Array, scale: jax.Array, w: jax.Array, x: jax.Array) ->
 
 
 def nearest_codes(w: jax.Array, scale: jax.Array) -> jax.Array:
+    """``w / scale`` rounded to the nearest code (half to even), clipped to [-127, 127]."""
     return jnp.clip(jnp.round(w / scale), -127, 127)
 
 
