@@ -71,20 +71,21 @@ def with_preset(cfg, preset: str):
 
 
 def output_floor(evaluator, variables: dict, split: str) -> dict:
-    """Metrics of the FP32 network whose head output alone is rounded to uint8 codes."""
+    """Metrics of the FP32 network whose head output alone is rounded to uint8 codes (by
+    the INT8 head's own quantizer)."""
     import jax
-    import jax.numpy as jnp
 
     from jaxdepth.data.sources import eval_pipeline
     from jaxdepth.encodings import decode_codes
     from jaxdepth.evaluate import evaluate
+    from jaxdepth.quant.integer_ops import head_codes
 
     cfg, model, enc = evaluator.cfg, evaluator.models["float"], evaluator.encoding
 
     @jax.jit
     def predict(variables, rgb, lidar):
         heads = model.apply(variables, rgb, lidar if cfg.model.sparse else None, train=False)
-        return decode_codes(enc, jnp.rint(heads[0] * 255.0))
+        return decode_codes(enc, head_codes(heads[0]))
 
     return evaluate(predict, variables, eval_pipeline(cfg, split).epoch(0), cfg.eval.batch_size, enc,
                     cfg.eval.garg_crop, median_scaling=False)["metrics"]
@@ -136,10 +137,10 @@ def table_for(run: Path, args: argparse.Namespace, log) -> list[dict]:
         t0 = time.perf_counter()
         ranges = estimate(hists, est, activation_format)
         fields = {**fields, "estimator": est, "estimate_s": round(time.perf_counter() - t0, 1)}
+        variables = {**weights, "quant": with_ranges(weights["quant"], ranges)}
         out = []
         for per_channel in (w == "channel" for w in args.weights):
             preset = weights_preset(cfg.quant.preset, per_channel)
-            variables = {**weights, "quant": with_ranges(weights["quant"], ranges)}
             m = evaluator(preset)(variables, args.split, "fake")["metrics"]
             out.append(row("ptq", m, **fields, weights="channel" if per_channel else "tensor"))
         return out

@@ -73,7 +73,7 @@ def learn_rounding(w: jax.Array, scale: jax.Array, x: jax.Array, iterations: int
     opt = optax.adam(lr)
 
     def codes_of(h):
-        return jnp.where(fixed, jnp.round(ws), jnp.clip(base + h, -127, 127))
+        return jnp.where(fixed, nearest_codes(w, scale), jnp.clip(base + h, -127, 127))
 
     rec_scale = jax.lax.stop_gradient(objective(nearest_codes(w, scale), scale, w, x)) + 1e-12
 

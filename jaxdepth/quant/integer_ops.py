@@ -213,12 +213,16 @@ HEAD_FORMAT = qn.UINT8
 HEAD_RANGE = (0.0, 1.0)
 
 
+def head_codes(x: jax.Array) -> jax.Array:
+    """uint8 head codes (int32) of head outputs ``x`` in [0, 1]."""
+    out_scale, out_zp = qn.fixed_qparams(*HEAD_RANGE, HEAD_FORMAT)
+    return qn.quantize(x, out_scale, out_zp, HEAD_FORMAT)
+
+
 def sigmoid_table(fmt: qn.Format, zero_point: jax.Array, scale: jax.Array) -> jax.Array:
     """uint8 head code (int32) of the logistic of every input code of ``fmt``."""
     codes = jnp.arange(fmt.qmin, fmt.qmax + 1, dtype=jnp.int32)
-    s = jax.nn.sigmoid((codes - zero_point).astype(jnp.float32) * scale)
-    out_scale, out_zp = qn.fixed_qparams(*HEAD_RANGE, HEAD_FORMAT)
-    return qn.quantize(s, out_scale, out_zp, HEAD_FORMAT)
+    return head_codes(jax.nn.sigmoid((codes - zero_point).astype(jnp.float32) * scale))
 
 
 def lookup(table: jax.Array, codes: jax.Array, fmt: qn.Format) -> jax.Array:
