@@ -5,7 +5,9 @@ trainer's own phases, with the config's budget), then on the test split the FP32
 and QAT INT8 metrics of the integer model and its deviation from FP32 in millimetres
 (median, p99, max; overall and per depth band), before QAT (the PTQ model against its
 FP32 weights) and after (the QAT model against its weights run in FP32). The rows show
-whether QAT makes an encoding's fine channels robust. Runs go to OUT/<encoding>
+whether QAT makes an encoding's fine channels robust. Every encoding ends in sigmoid
+heads (``model.fill_prior`` off): the table compares the encodings themselves, and the
+fill prior exists only for the log and inverse heads. Runs go to OUT/<encoding>
 (resumed if there). Usage:
     python bench/encodings_trained.py [--encodings log,intfrac,phase,inverse]
         [--config configs/default.yaml] [--set key=value ...] [--out runs/encodings]
@@ -87,7 +89,7 @@ def main() -> None:
     results = {}
     for name in args.encodings.split(","):
         run = Path(args.out) / name
-        cfg = replace(base, model={"encoding": name}, train={"run_dir": str(run)})
+        cfg = replace(base, model={"encoding": name, "fill_prior": False}, train={"run_dir": str(run)})
         results[name] = measure(cfg, run)
     print(f"abs_rel on the '{base.eval.split}' split, {base.train.steps} FP32 + "
           f"{base.quant.qat_steps} QAT steps each ({args.config}, {' '.join(args.overrides) or 'no overrides'})")

@@ -45,8 +45,8 @@ def main() -> int:
         variables = jax.jit(lambda k: model.init(k, first["rgb"][:1], first["lidar"][:1]))(jax.random.PRNGKey(0))
         variables = {**variables, "quant": calibrate(model, variables, [first], cfg.model.sparse)}
         fake = build_model(cfg.model, quant_for(cfg, "fake"))
-        frozen = freeze(fake, variables)
         for use_lidar in ([True, False] if cfg.model.sparse else [False]):
+            frozen = freeze(fake, variables, use_lidar)
             graph = export_graph(cfg, variables, h, w, use_lidar)
             forward, params = make_integer_forward(graph), integer_params(graph)
             fake_codes = make_head_codes(fake, use_lidar)

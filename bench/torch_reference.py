@@ -299,6 +299,7 @@ def main() -> None:
         for variant in args.variants:
             cfg = load_config(args.config, args.overrides + [
                 f"data.height={h}", f"data.width={w}", f"data.batch_size={b}", "model.encoding=intfrac",
+                "model.fill_prior=false",
                 f"model.sparse={'true' if variant == 'san' else 'false'}"])
             rows.append({"variant": variant, **compare(cfg, args.steps)})
 

@@ -26,6 +26,7 @@ class ModelConfig:
     encoding: str = "intfrac"                 # see jaxdepth.encodings.ENCODINGS
     lidar_encoding: str = "inverse"           # see jaxdepth.encodings.LidarEncoding
     lidar_fill: bool = False                   # add the nearest-return fill as an input channel
+    fill_prior: bool = False                   # LiDAR pass: linear heads adding the fill (encodings.fill_prior)
     min_depth: float = 0.5
     max_depth: float = 15.0
     sparse: bool = True                        # build the sparse auxiliary network (SAN)
@@ -190,6 +191,12 @@ def validate(cfg: Config) -> Config:
     for key, value, ok, allowed in rules:
         if not ok:
             raise ConfigError(f"{key}: {value!r} is not allowed; it must be {allowed}")
+    if m.fill_prior and m.sparse:          # without a SAN there is no LiDAR pass to act on
+        from jaxdepth.encodings import fill_prior, get_encoding, get_lidar_encoding
+        try:
+            fill_prior(get_encoding(m), get_lidar_encoding(m))
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
     return cfg
 
 

@@ -339,6 +339,27 @@ class LidarEncoding:
         return cls(attrs["lidar_encoding"], attrs["min_depth"], attrs["max_depth"], attrs["lidar_fill"])
 
 
+def fill_prior(encoding: Encoding, lidar: LidarEncoding) -> tuple[float, float]:
+    """(a, b) with ``encoding.encode(d) = a * nearness(d) + b`` at every depth in range.
+
+    The linear heads of ``model.fill_prior`` add ``a * fill + b`` to their output, so a
+    network that outputs 0 reproduces nearest fill exactly and training learns only the
+    correction. An exact affine map exists for a log head on the log LiDAR input and an
+    inverse head on the inverse input; other pairs raise ``ValueError``.
+    """
+    if not lidar.fill:
+        raise ValueError("model.fill_prior needs model.lidar_fill: true (the prior is the fill channel)")
+    if (encoding.min_depth, encoding.max_depth) != (lidar.min_depth, lidar.max_depth):
+        raise ValueError("model.fill_prior: the head and the LiDAR input need the same depth range")
+    if encoding.name == "log" and lidar.kind == "log":
+        return -1.0 / (1.0 - _LOG_FLOOR), 1.0 / (1.0 - _LOG_FLOOR)
+    if encoding.name == "inverse" and lidar.kind == "inverse":
+        lo, hi = 1.0 / encoding.max_depth, 1.0 / encoding.min_depth
+        return 1.0 / (encoding.min_depth * (hi - lo)), -lo / (hi - lo)
+    raise ValueError(f"model.fill_prior: no affine map from the {lidar.kind!r} LiDAR input to the "
+                     f"{encoding.name!r} head; use encoding and lidar_encoding both 'log' or both 'inverse'")
+
+
 def get_lidar_encoding(model_cfg) -> LidarEncoding:
     return LidarEncoding(model_cfg.lidar_encoding, model_cfg.min_depth, model_cfg.max_depth,
                          model_cfg.lidar_fill)

@@ -121,7 +121,7 @@ class Evaluator:
                        leave=False, dynamic_ncols=True,
                        desc=f"{split} {mode}{'' if use_lidar else ' monocular'}")
         if mode == "fake":
-            variables = freeze(self.models["fake"], variables)
+            variables = freeze(self.models["fake"], variables, use_lidar)
         return evaluate(self.predictor(mode, use_lidar), variables, batches,
                         cfg.eval.batch_size, self.encoding, cfg.eval.garg_crop, cfg.eval.median_scaling)
 

@@ -228,7 +228,7 @@ def save_eval_pictures(evaluator: Evaluator, variables: dict, split: str, out_di
             decode = jax.jit(lambda codes: decode_codes(enc, codes))
             int8 = batched(lambda p, rgb, lidar: decode(forward(p, rgb, lidar)), integer_params(graph))
         except ExportError:
-            int8 = batched(evaluator.predictor("fake", use_lidar), freeze(evaluator.models["fake"], variables))
+            int8 = batched(evaluator.predictor("fake", use_lidar), freeze(evaluator.models["fake"], variables, use_lidar))
             label = "INT8 fake-quant"
     return save_split_pictures(out_dir, eval_pipeline(cfg, split).epoch(0),
                                batched(evaluator.predictor("float", use_lidar), variables), int8,

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -199,6 +201,34 @@ def test_lidar_encodings_keep_nearest_first_and_round_trip():
         assert float(rel.max()) < worst, (enc.kind, float(rel.max()))
     with pytest.raises(ValueError, match="model.lidar_encoding"):
         LidarEncoding("linear")
+
+
+@pytest.mark.parametrize("kind", ["log", "inverse"])
+def test_fill_prior_maps_the_lidar_nearness_onto_the_head_exactly(kind):
+    from jaxdepth.encodings import LidarEncoding, fill_prior
+
+    head = {"log": LogDepth(0.5, 15.0), "inverse": InverseDepth(0.5, 15.0)}[kind]
+    lidar = LidarEncoding(kind, 0.5, 15.0, fill=True)
+    a, b = fill_prior(head, lidar)
+    depth = jnp.linspace(0.5, 15.0, 1001)
+    near = lidar.encode(depth[None, None])[0, 0, :, 0]
+    np.testing.assert_allclose(a * near + b, head.encode(depth)[:, 0], atol=2e-6)
+
+
+def test_fill_prior_refuses_pairs_without_an_affine_map():
+    from jaxdepth.config import ConfigError
+    from jaxdepth.encodings import LidarEncoding, fill_prior
+
+    with pytest.raises(ValueError, match="no affine map"):
+        fill_prior(IntegerFraction(), LidarEncoding("log", fill=True))
+    with pytest.raises(ValueError, match="model.lidar_fill"):
+        fill_prior(LogDepth(), LidarEncoding("log"))
+    with pytest.raises(ConfigError, match="'inverse' LiDAR input to the 'log' head"):
+        tiny_cfg(Path("data"), Path("run"), model__encoding="log", model__lidar_fill=True,
+                 model__fill_prior=True)
+    # Without a SAN there is no LiDAR pass: the option has nothing to act on.
+    cfg = tiny_cfg(Path("data"), Path("run"), model__sparse=False, model__fill_prior=True)
+    assert build_model(cfg.model).prior is None
 
 
 def test_nearest_fill_picks_a_nearest_return_like_a_distance_transform():

@@ -62,6 +62,20 @@ def exported(data_root: Path, preset: str, condition: str = "ptq") -> tuple:
     return cfg, variables, export_graph(cfg, variables, H, W)
 
 
+@functools.cache
+def prior_exported(data_root: Path) -> tuple:
+    """(cfg, variables, graph) of a model with linear heads over the LiDAR fill
+    (``model.fill_prior``), min-max ranges."""
+    cfg = tiny_cfg(data_root, data_root.parent / "unused_run", model__encoding="log",
+                   model__lidar_encoding="log", model__lidar_fill=True, model__fill_prior=True)
+    model = build_model(cfg.model)
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, H, W, 3)), jnp.zeros((1, H, W))))(
+        jax.random.PRNGKey(0))
+    variables = {**variables, "quant": calibrate(model, variables, eval_pipeline(cfg, "calib").epoch(0),
+                                                 use_lidar=True)}
+    return cfg, variables, export_graph(cfg, variables, H, W)
+
+
 def first_test_batch(cfg) -> dict:
     return next(iter(eval_pipeline(cfg, "test").epoch(0)))
 
@@ -198,9 +212,14 @@ def test_monocular_integer_graph_matches_its_fake_quant_forward(tiny_data, prese
     assert graph.inputs == ["rgb"]
     fake = build_model(cfg.model, quant_for(cfg, "fake"))
     b = first_test_batch(cfg)
-    want = np.asarray(make_head_codes(fake, use_lidar=False)(freeze(fake, variables), b["rgb"], b["lidar"]))
+    want = np.asarray(make_head_codes(fake, use_lidar=False)(freeze(fake, variables, False), b["rgb"], b["lidar"]))
     got = np.asarray(make_integer_forward(graph)(integer_params(graph), b["rgb"], None), np.int32)
     np.testing.assert_array_equal(got, want)
+    # The RGB-only mode derives its own parameters: its skip concats read the RGB encoder's
+    # features, not the fused ones, so the LiDAR mode's multipliers would be wrong there.
+    inline = np.asarray(fake.apply(variables, b["rgb"], None)[0])
+    np.testing.assert_array_equal(np.asarray(fake.apply(freeze(fake, variables, False), b["rgb"], None)[0]), inline)
+    assert np.abs(np.asarray(fake.apply(freeze(fake, variables, True), b["rgb"], None)[0]) - inline).max() > 0
 
 
 def test_full_resolution_skip_and_filled_log_lidar_input_export_exactly(tiny_data):
@@ -220,6 +239,30 @@ def test_full_resolution_skip_and_filled_log_lidar_input_export_exactly(tiny_dat
     assert nodes["fuse0"].inputs == ["encoder/conv0", "san/stage_full/sum"]
     a = compare(Evaluator(cfg), variables, "test", graph)["agreement"]
     assert a["equal"] == 1.0 and a["max_diff"] == 0, a
+
+
+def test_linear_heads_over_the_fill_export_exactly_with_and_without_lidar(tiny_data):
+    from jaxdepth.evaluate import make_head_codes
+    from jaxdepth.models import quant_for
+    from jaxdepth.quant.freeze import freeze
+
+    cfg, variables, graph = prior_exported(tiny_data)
+    head = {n.name: n for n in graph.nodes}["decoder/fill_head0/prior"]
+    assert graph.outputs == ["decoder/fill_head0/prior"] and head.op == "fusion"
+    assert head.inputs == ["decoder/fill_head0/conv", "san/fill"]
+    assert graph.tensors["decoder/fill_head0/prior"].fmt == qn.UINT8
+    # coefficients 1 and a = -255/254 held exactly by one int8 code each; b = 255/254 = 256 codes
+    assert head.int_params["coeff0"].tolist() == [127] and head.int_params["coeff1"].tolist() == [-127]
+    assert head.int_params["bias"].tolist() == [256]
+    a = compare(Evaluator(cfg), variables, "test", graph)["agreement"]
+    assert a["equal"] == 1.0 and a["max_diff"] == 0, a
+    mono = export_graph(cfg, variables, H, W, use_lidar=False)
+    assert mono.outputs == ["decoder/head0/sigmoid"]               # the RGB-only pass's own head
+    fake = build_model(cfg.model, quant_for(cfg, "fake"))
+    b = first_test_batch(cfg)
+    want = np.asarray(make_head_codes(fake, use_lidar=False)(freeze(fake, variables, False), b["rgb"], b["lidar"]))
+    got = np.asarray(make_integer_forward(mono)(integer_params(mono), b["rgb"], None), np.int32)
+    np.testing.assert_array_equal(got, want)
 
 
 def test_film_has_no_int8_form(tiny_data):

@@ -17,7 +17,8 @@ EXPECTED = [(64, 2), (64, 4), (128, 8), (256, 16), (512, 32)]
 def feature_shapes(module, x):
     def run(x):
         variables = module.init(jax.random.PRNGKey(0), x)
-        return module.apply(variables, x)
+        out = module.apply(variables, x)
+        return out[0] if isinstance(module, SparseEncoder) else out
     return [f.shape for f in jax.eval_shape(run, x)]
 
 

@@ -14,7 +14,7 @@ from jaxdepth.data.sources import eval_pipeline
 from jaxdepth.export import onnx as xonnx
 from jaxdepth.export.integer import integer_params, make_integer_forward, make_intermediates
 from jaxdepth.models import build_model
-from test_export import exported, first_test_batch
+from test_export import exported, first_test_batch, prior_exported
 
 
 @functools.cache
@@ -121,3 +121,17 @@ def test_qdq_layers_in_onnxruntime_match_integer_layers(tiny_data, preset):
             assert d.max() <= 1, name
             equal, total = equal + int((d == 0).sum()), total + d.size
     assert total > 1_000_000 and equal / total >= 0.9999, equal / total
+
+
+def test_linear_heads_over_the_fill_in_onnxruntime(tiny_data):
+    cfg, variables, graph = prior_exported(tiny_data)
+    model = build_model(cfg.model)
+    fp32 = xonnx.session(xonnx.to_fp32(graph, "log"))
+    integer = xonnx.session(xonnx.to_integer(graph, "log"))
+    forward = make_integer_forward(graph)
+    for batch in eval_pipeline(cfg, "test").epoch(0):
+        want = np.asarray(model.apply(variables, batch["rgb"], batch["lidar"])[0])
+        got = xonnx.heads(fp32, graph, "log", xonnx.feeds(graph, batch["rgb"], batch["lidar"]))
+        assert np.abs(got - want).max() < 1e-4
+        codes = xonnx.heads(integer, graph, "log", xonnx.code_feeds(graph, batch["rgb"], batch["lidar"]))
+        np.testing.assert_array_equal(codes, np.asarray(forward(integer_params(graph), batch["rgb"], batch["lidar"])))

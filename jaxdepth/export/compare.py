@@ -59,7 +59,7 @@ def compare(evaluator: Evaluator, variables: dict, split: str, graph: Graph | No
     forward = make_integer_forward(graph)
     decode = jax.jit(lambda codes: decode_codes(enc, codes))
     fake = evaluator.models["fake"]
-    fake_vars = freeze(fake, variables)
+    fake_vars = freeze(fake, variables, use_lidar)
     fake_codes_of = make_head_codes(fake, use_lidar)
     fp32 = evaluator.predictor("float", use_lidar)
     metric_fn = jax.jit(image_metrics, static_argnums=(2, 3, 4, 5))

@@ -88,8 +88,9 @@ def export_graph(cfg: Config, variables: dict, height: int, width: int,
                          "ranges of a QAT run or of a post-training calibration")
     model = build_model(cfg.model, quant_for(cfg, "fake"))
     try:
-        frozen = freeze(model, variables)
-        calls = _calls(model, frozen, height, width, use_lidar and cfg.model.sparse)
+        use_lidar = use_lidar and cfg.model.sparse
+        frozen = freeze(model, variables, use_lidar)
+        calls = _calls(model, frozen, height, width, use_lidar)
     except ValueError as e:     # the blocks' own checks: FiLM, accumulator bounds
         raise ExportError(str(e)) from e
     derived = jax.tree.map(np.asarray, frozen[QPARAMS])
@@ -104,6 +105,7 @@ def export_graph(cfg: Config, variables: dict, height: int, width: int,
         _check(out.name, ints, scale)
         graph.add(Node(op, out.name, inputs, out.name, attrs, floats, ints),
                   TensorSpec(out.name, tuple(out.codes.shape), scale, zero_point, out.fmt))
+    graph.mark_outputs()
     return graph
 
 
@@ -111,7 +113,8 @@ def used_parameter_count(graph: Graph, variables: dict) -> int:
     """Number of FP32 parameters (``params`` collection) of the modules the graph uses.
 
     Only trainable parameters count (kernels, biases, BatchNorm scale and offset, fusion
-    gates), not BatchNorm running statistics, nor the heads of the coarser scales.
+    gates), not BatchNorm running statistics, nor the heads of the coarser scales, nor a
+    linear head's fixed coefficients.
     """
     total = 0
     for node in graph.nodes:
@@ -119,6 +122,6 @@ def used_parameter_count(graph: Graph, variables: dict) -> int:
             continue
         tree = variables["params"]
         for part in node.name.split("/"):
-            tree = tree[part]
+            tree = tree.get(part, {})
         total += sum(int(np.size(leaf)) for leaf in jax.tree.leaves(tree))
     return total

@@ -8,7 +8,8 @@ integer runtime and the NPU, and float (BN folded) for FP32 runtimes such as ONN
 
 Ops (NHWC): ``input_rgb``, ``input_sparse``, ``split``, ``conv``, ``add``, ``fusion``,
 ``concat``, ``max_pool``, ``upsample``, ``sigmoid``. ``docs/export_format.md`` gives each
-op's attributes, parameters and integer semantics.
+op's attributes, parameters and integer semantics. The output is the head: a ``sigmoid``,
+or the ``fusion`` of a linear head over the LiDAR fill.
 """
 from __future__ import annotations
 
@@ -56,5 +57,8 @@ class Graph:
         self.nodes.append(node)
         if node.op.startswith("input"):
             self.inputs.append(out.name)
-        if node.op == "sigmoid":
-            self.outputs.append(out.name)
+
+    def mark_outputs(self) -> None:
+        """The graph's outputs: the tensors no node reads (the head)."""
+        read = {i for node in self.nodes for i in node.inputs}
+        self.outputs = [node.output for node in self.nodes if node.output not in read]

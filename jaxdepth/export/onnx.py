@@ -13,7 +13,8 @@ All are NCHW with a free batch dimension. Inputs of the FP32 and QDQ models:
 The integer model (and the QDQ model with ``code_inputs``) takes the input codes instead
 (``code_feeds``). Outputs are named after the head channels (``depth_log``; ``int`` and
 ``frac`` for the integer/fraction encoding, split from the 2-channel head), each
-(N, 1, H, W). The FP32 model outputs the sigmoid values in [0, 1]; the INT8 models output
+(N, 1, H, W). The FP32 model outputs the head values (a sigmoid's in [0, 1]; a linear
+head's unclipped); the INT8 models output
 the uint8 head codes (value = code / 255), comparable code for code with
 ``integer.make_integer_forward``.
 
@@ -182,7 +183,8 @@ def to_fp32(graph: Graph, encoding: str) -> onnx.ModelProto:
             name[n] = _add(b, n, xs, n, node.attrs["relu"])
         elif node.op == "fusion":
             gates = [b.const(f"{n}/{g}", _channel(fp[g]).astype(np.float32)) for g in ("gate_rgb", "gate_sparse")]
-            _fusion(b, n, xs, gates, b.const(f"{n}/bias", _channel(fp["bias"]).astype(np.float32)), n)
+            _fusion(b, n, xs, gates, b.const(f"{n}/bias", _channel(fp["bias"]).astype(np.float32)),
+                    head if n in graph.outputs else n)
         elif node.op == "sigmoid":
             b.node("Sigmoid", xs, [head], n)
         else:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxdepth.encodings import LidarEncoding
 from jaxdepth.models.decoder import DepthDecoder
-from jaxdepth.models.layers import FLOAT, Fusion, Quant, Tensor, value
+from jaxdepth.models.layers import FLOAT, Fusion, MaxPool, Quant, Tensor, value
 from jaxdepth.models.resnet import ResNetEncoder
 from jaxdepth.models.san import SparseEncoder
 from jaxdepth.quant.numerics import QValue
@@ -61,6 +61,7 @@ class ResNetSAN(nn.Module):
     decoder_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     num_scales: int = 4
     lidar_encoding: LidarEncoding = LidarEncoding()
+    prior: tuple[float, float] | None = None       # linear heads over the fill: encodings.fill_prior
     quant: Quant = FLOAT
 
     @nn.compact
@@ -68,20 +69,25 @@ class ResNetSAN(nn.Module):
                  all_scales: bool = False, dual: bool = False) -> list[jax.Array] | DualOutput:
         features = ResNetEncoder(self.encoder, self.full_res, self.quant, name="encoder")(rgb, train)
         decoder = DepthDecoder(self.decoder_channels, self.out_channels, self.num_scales,
-                               self.quant, name="decoder")
+                               self.prior, self.quant, name="decoder")
         if not self.sparse or (lidar is None and not self.is_initializing()):
             if dual:
                 raise ValueError("dual=True needs a model with a SAN and a LiDAR input")
             return decoder(features, train, all_scales)
         if lidar is None:
             lidar = jnp.zeros(rgb.shape[:-1], jnp.float32)
-        sparse = SparseEncoder(self.san_kernels, self.san_path_depths, self.lidar_encoding,
-                               self.full_res, self.quant, name="san")(lidar, train)
+        sparse, fill = SparseEncoder(self.san_kernels, self.san_path_depths, self.lidar_encoding,
+                                     self.full_res, self.quant, name="san")(lidar, train)
+        fills = None
+        if self.prior is not None:
+            fills = [fill]
+            for i in range(1, self.num_scales if all_scales else 1):
+                fills.append(MaxPool(2, 2, name=f"fill_pool{i}")(fills[-1]))
         fused = [Fusion(self.quant, name=f"fuse{i}")(f, s, train)
                  for i, (f, s) in enumerate(zip(features, sparse))]
         if self.film:
             fused[0] = FiLM(name="film")(fused[0], sparse[0])
-        heads = decoder(fused, train, all_scales)
+        heads = decoder(fused, train, all_scales, fills)
         if not dual:
             return heads
         gaps = [jnp.mean(jnp.square(value(r) - jax.lax.stop_gradient(value(f))))
@@ -90,14 +96,16 @@ class ResNetSAN(nn.Module):
 
 
 def build_model(model_cfg, quant: Quant = FLOAT) -> ResNetSAN:
-    from jaxdepth.encodings import get_encoding, get_lidar_encoding
-    enc = get_encoding(model_cfg)
+    from jaxdepth.encodings import fill_prior, get_encoding, get_lidar_encoding
+    enc, lidar = get_encoding(model_cfg), get_lidar_encoding(model_cfg)
+    prior = fill_prior(enc, lidar) if model_cfg.fill_prior and model_cfg.sparse else None
     return ResNetSAN(encoder=model_cfg.encoder, out_channels=enc.channels,
                      sparse=model_cfg.sparse, san_kernels=tuple(model_cfg.san_kernels),
                      san_path_depths=tuple(model_cfg.san_path_depths), film=model_cfg.film,
                      full_res=model_cfg.full_res,
                      decoder_channels=tuple(model_cfg.decoder_channels),
-                     num_scales=model_cfg.num_scales, lidar_encoding=get_lidar_encoding(model_cfg), quant=quant)
+                     num_scales=model_cfg.num_scales, lidar_encoding=lidar, prior=prior,
+                     quant=quant)
 
 
 def quant_for(cfg, mode: str) -> Quant:

@@ -51,7 +51,8 @@ class SparseEncoder(nn.Module):
 
     ``full_res`` > 0 adds a stage of that many channels at stride 1 (no pool, kernel 3)
     in front, matching the encoder's full-resolution feature: the returns themselves,
-    not their 2x2 maxima, reach the decoder's last stage.
+    not their 2x2 maxima, reach the decoder's last stage. Returns the features and the
+    fill channel (None without one), which linear heads build on (``layers.PriorSum``).
     """
 
     kernels: tuple[int, ...] = (5, 5, 3, 3, 3)
@@ -61,13 +62,14 @@ class SparseEncoder(nn.Module):
     quant: Quant = FLOAT
 
     @nn.compact
-    def __call__(self, lidar: Tensor, train: bool = False) -> list[Tensor]:
+    def __call__(self, lidar: Tensor, train: bool = False) -> tuple[list[Tensor], Tensor | None]:
         if len(self.kernels) != len(CHANNELS):
             raise ValueError(f"san_kernels needs {len(CHANNELS)} entries, got {self.kernels}")
         inputs = Input("sparse", self.lidar_encoding, self.quant, name="input")(lidar)
         x, mask = Split(0, name="depth")(inputs), Split(1, name="mask")(inputs)
-        if self.lidar_encoding.fill:
-            x = Concat(self.quant, name="with_fill")([x, Split(2, name="fill")(inputs)], train)
+        fill = Split(2, name="fill")(inputs) if self.lidar_encoding.fill else None
+        if fill is not None:
+            x = Concat(self.quant, name="with_fill")([x, fill], train)
         features = []
         if self.full_res:
             features.append(SparseStage(self.full_res, 3, self.path_depths, self.quant,
@@ -76,7 +78,7 @@ class SparseEncoder(nn.Module):
             x, mask = MaxPool(2, 2, name=f"pool{i}")(x), MaxPool(2, 2, name=f"mask_pool{i}")(mask)
             x = SparseStage(c, k, self.path_depths, self.quant, name=f"stage{i}")(x, mask, train)
             features.append(x)
-        return features
+        return features, fill
 
 
 __all__ = ["SparseEncoder", "SparseStage"]

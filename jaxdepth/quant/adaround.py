@@ -146,12 +146,13 @@ def sample_patches(model: nn.Module, variables: dict, batches: Sequence[dict], u
             return patches_at_random(x, conv.kernel, conv.stride, per_pass, sub)
         return conv_taps(model, variables, rgb, lidar, reduce)
 
-    frozen = freeze(model, variables)
+    frozen = {mode: freeze(model, variables, mode) for mode in ((True, False) if use_lidar else (False,))}
     key = jax.random.PRNGKey(seed)
     out: dict[str, list] = {}
     for b, batch in enumerate(tqdm(batches, desc="adaround inputs", disable=not progress, leave=False)):
         for m, lidar in enumerate((batch["lidar"], None) if use_lidar else (None,)):
-            got = jax.device_get(step(frozen, batch["rgb"], lidar, jax.random.fold_in(key, 2 * b + m)))
+            got = jax.device_get(step(frozen[lidar is not None], batch["rgb"], lidar,
+                                      jax.random.fold_in(key, 2 * b + m)))
             for p, x in got.items():
                 out.setdefault(p, []).append(x)
     return {p: np.concatenate(xs)[:PATCHES] for p, xs in out.items()}

@@ -46,12 +46,12 @@ def output_shifts(model: nn.Module, variables: dict, batches: Sequence[dict], us
             return y.mean(axis=(0, 1, 2))
         return conv_taps(model, variables, rgb, lidar, reduce)
 
-    frozen = freeze(model, variables)
+    frozen = {mode: freeze(model, variables, mode) for mode in ((True, False) if use_lidar else (False,))}
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     for batch in tqdm(batches, desc="bias correction", disable=not progress, leave=False):
         for lidar in ((batch["lidar"], None) if use_lidar else (None,)):
-            for p, m in jax.device_get(step(frozen, errors, batch["rgb"], lidar)).items():
+            for p, m in jax.device_get(step(frozen[lidar is not None], errors, batch["rgb"], lidar)).items():
                 sums[p] = sums.get(p, 0) + m
                 counts[p] = counts.get(p, 0) + 1
     return {p: sums[p] / counts[p] for p in sums}

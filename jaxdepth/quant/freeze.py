@@ -20,21 +20,24 @@ from jaxdepth.models.layers import QPARAMS
 _SIZE = 32   # the parameters do not depend on the input: the smallest legal size will do
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _freeze(model: nn.Module, variables: dict) -> dict:
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _freeze(model: nn.Module, variables: dict, use_lidar: bool) -> dict:
     rgb = jnp.zeros((1, _SIZE, _SIZE, 3), jnp.float32)
-    lidar = jnp.zeros((1, _SIZE, _SIZE), jnp.float32) if model.sparse else None
+    lidar = jnp.zeros((1, _SIZE, _SIZE), jnp.float32) if use_lidar else None
     _, state = model.apply(variables, rgb, lidar, train=False, mutable=[QPARAMS])
     return state[QPARAMS]
 
 
-def freeze(model: nn.Module, variables: dict) -> dict:
-    """``variables`` with the ``qparams`` collection of ``model`` (a ``fake``-mode model).
+def freeze(model: nn.Module, variables: dict, use_lidar: bool | None = None) -> dict:
+    """``variables`` with the ``qparams`` collection of ``model`` (a ``fake``-mode model)
+    for one mode: with LiDAR (default, for a model with a SAN) or RGB only.
 
-    Derived with LiDAR when the model has a SAN: the monocular graph's blocks are a subset
-    with the same ranges and weights, so one derivation serves both modes.
+    Each mode needs its own: a block may read other tensors in the other mode (a decoder
+    skip concat reads the fused features with LiDAR and the RGB encoder's without), and
+    its requantization multipliers follow its inputs' scales.
     """
     if not model.quant.fake:
         raise ValueError("freeze needs a fake-quant model (Quant mode 'fake')")
     plain = {k: v for k, v in variables.items() if k != QPARAMS}
-    return {**plain, QPARAMS: _freeze(model, plain)}
+    use_lidar = model.sparse if use_lidar is None else use_lidar and model.sparse
+    return {**plain, QPARAMS: _freeze(model, plain, use_lidar)}

@@ -192,13 +192,15 @@ class Gate(NamedTuple):
     codes: jax.Array          # int32
 
 
+def coefficient(g: jax.Array) -> Gate:
+    """One coefficient vector of a fusion, quantized per tensor (AQT)."""
+    codes, scale = aqt_backend.quantize_weights(g, per_channel=False)
+    return Gate(g, scale, codes)
+
+
 def fusion_gates(w: jax.Array) -> tuple[Gate, Gate]:
-    """The gates s(w) (RGB) and 1 - s(w) (sparse) of a fusion, quantized per tensor (AQT)."""
-    gates = []
-    for g in (jax.nn.sigmoid(w), 1.0 - jax.nn.sigmoid(w)):
-        codes, scale = aqt_backend.quantize_weights(g, per_channel=False)
-        gates.append(Gate(g, scale, codes))
-    return gates[0], gates[1]
+    """The gates s(w) (RGB) and 1 - s(w) (sparse) of a fusion."""
+    return coefficient(jax.nn.sigmoid(w)), coefficient(1.0 - jax.nn.sigmoid(w))
 
 
 def fusion_bias(b: jax.Array, out_scale: jax.Array) -> jax.Array:
