@@ -126,11 +126,12 @@ def test_qdq_layers_in_onnxruntime_match_integer_layers(tiny_data, preset):
 def test_linear_heads_over_the_fill_in_onnxruntime(tiny_data):
     cfg, variables, graph = prior_exported(tiny_data)
     model = build_model(cfg.model)
+    fp32_heads = jax.jit(lambda v, rgb, lidar: model.apply(v, rgb, lidar)[0])
     fp32 = xonnx.session(xonnx.to_fp32(graph, "log"))
     integer = xonnx.session(xonnx.to_integer(graph, "log"))
     forward = make_integer_forward(graph)
     for batch in eval_pipeline(cfg, "test").epoch(0):
-        want = np.asarray(model.apply(variables, batch["rgb"], batch["lidar"])[0])
+        want = np.asarray(fp32_heads(variables, batch["rgb"], batch["lidar"]))
         got = xonnx.heads(fp32, graph, "log", xonnx.feeds(graph, batch["rgb"], batch["lidar"]))
         assert np.abs(got - want).max() < 1e-4
         codes = xonnx.heads(integer, graph, "log", xonnx.code_feeds(graph, batch["rgb"], batch["lidar"]))
