@@ -238,13 +238,15 @@ class Conv(nn.Module):
 
 def _sum_codes(module: nn.Module, terms: Sequence[jax.Array], term_scales: Sequence[jax.Array],
                y: jax.Array, update: bool, left_shift: int, relu: bool,
-               extra: Callable[[jax.Array], dict] | None = None) -> qn.QValue:
-    """Output of a sum block (add, fusion) from its int32 terms: the observer's range, the
-    TFLite ADD multipliers (derived once) and the integer sum kernel."""
-    fmt = module.quant.scheme.activation
+               extra: Callable[[jax.Array], dict] | None = None, head: bool = False) -> qn.QValue:
+    """Output of a sum block (add, fusion) from its int32 terms: the observer's range (a
+    ``head``: the head's fixed uint8 range), the TFLite ADD multipliers (derived once)
+    and the integer sum kernel."""
+    fmt = iops.HEAD_FORMAT if head else module.quant.scheme.activation
     p = frozen_params(module)
     if p is None:
-        scale, zp = Observer(module.quant, name="out")(y, update=update)
+        scale, zp = (qn.fixed_qparams(*iops.HEAD_RANGE, fmt) if head
+                     else Observer(module.quant, name="out")(y, update=update))
         inputs, output = iops.sum_multipliers(term_scales, scale, left_shift)
         p = {"scale": scale, "zero_point": zp, "output_multiplier": output[0],
              "output_shift": output[1], **(extra(scale) if extra else {})}
@@ -456,23 +458,17 @@ class PriorSum(nn.Module):
         p = frozen_params(self)
         if p is None:
             gates = [iops.coefficient(jnp.full((1,), c, jnp.float32)) for c in (1.0, a)]
-            scale, zp = qn.fixed_qparams(*iops.HEAD_RANGE, iops.HEAD_FORMAT)
-            inputs, output = iops.sum_multipliers([t.scale * gates[0].scale, fill.scale * gates[1].scale],
-                                                  scale, iops.FUSION_LEFT_SHIFT)
-            bias = jnp.full((1,), b, jnp.float32)
-            p = {"scale": scale, "zero_point": zp, "output_multiplier": output[0],
-                 "output_shift": output[1], "bias": iops.fusion_bias(bias, scale),
-                 "float": {"gate_rgb": gates[0].value, "gate_sparse": gates[1].value, "bias": bias}}
-            for i, (g, (m, shift)) in enumerate(zip(gates, inputs)):
-                p.update({f"coeff{i}": g.codes, f"coeff{i}_scale": g.scale,
-                          f"input{i}_multiplier": m, f"input{i}_shift": shift})
-            store_params(self, p)
-        codes = iops.sum_output([x.centered() * p[f"coeff{i}"] for i, x in enumerate((t, fill))],
-                                iops.FUSION_LEFT_SHIFT,
-                                [(p[f"input{i}_multiplier"], p[f"input{i}_shift"]) for i in range(2)],
-                                (p["output_multiplier"], p["output_shift"]), p["zero_point"],
-                                iops.HEAD_FORMAT, bias=p["bias"])
-        return qn.QValue.of(codes, y, p["scale"], p["zero_point"], iops.HEAD_FORMAT, path(self))
+            codes, scales = [g.codes for g in gates], [g.scale for g in gates]
+        else:
+            codes, scales = [p["coeff0"], p["coeff1"]], [p["coeff0_scale"], p["coeff1_scale"]]
+        bias = jnp.full((1,), b, jnp.float32)
+        extra = lambda scale: {"coeff0": codes[0], "coeff1": codes[1], "coeff0_scale": scales[0],
+                               "coeff1_scale": scales[1], "bias": iops.fusion_bias(bias, scale),
+                               "float": {"gate_rgb": jnp.ones((1,), jnp.float32),
+                                         "gate_sparse": jnp.full((1,), a, jnp.float32), "bias": bias}}
+        return _sum_codes(self, [x.centered() * c for x, c in zip((t, fill), codes)],
+                          [x.scale * s for x, s in zip((t, fill), scales)], y, False,
+                          iops.FUSION_LEFT_SHIFT, False, extra, head=True)
 
 
 class Head(nn.Module):
