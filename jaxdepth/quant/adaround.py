@@ -34,8 +34,7 @@ from tqdm import tqdm
 from jaxdepth.models.layers import same_padding
 from jaxdepth.quant import aqt_backend
 from jaxdepth.quant.folding import FoldedConvs
-from jaxdepth.quant.freeze import freeze
-from jaxdepth.quant.taps import conv_taps
+from jaxdepth.quant.taps import conv_taps, mode_passes
 
 PATCHES = 2048         # input patches per conv over the calibration set: half fit, half check
 ITERATIONS = 200
@@ -146,15 +145,12 @@ def sample_patches(model: nn.Module, variables: dict, batches: Sequence[dict], u
             return patches_at_random(x, conv.kernel, conv.stride, per_pass, sub)
         return conv_taps(model, variables, rgb, lidar, reduce)
 
-    frozen = {mode: freeze(model, variables, mode) for mode in ((True, False) if use_lidar else (False,))}
     key = jax.random.PRNGKey(seed)
     out: dict[str, list] = {}
-    for b, batch in enumerate(tqdm(batches, desc="adaround inputs", disable=not progress, leave=False)):
-        for m, lidar in enumerate((batch["lidar"], None) if use_lidar else (None,)):
-            got = jax.device_get(step(frozen[lidar is not None], batch["rgb"], lidar,
-                                      jax.random.fold_in(key, 2 * b + m)))
-            for p, x in got.items():
-                out.setdefault(p, []).append(x)
+    shown = tqdm(batches, desc="adaround inputs", disable=not progress, leave=False)
+    for i, (frozen, rgb, lidar) in enumerate(mode_passes(model, variables, shown, use_lidar)):
+        for p, x in jax.device_get(step(frozen, rgb, lidar, jax.random.fold_in(key, i))).items():
+            out.setdefault(p, []).append(x)
     return {p: np.concatenate(xs)[:PATCHES] for p, xs in out.items()}
 
 

@@ -20,8 +20,7 @@ from tqdm import tqdm
 from jaxdepth.models.layers import same_padding
 from jaxdepth.quant import aqt_backend
 from jaxdepth.quant.folding import FoldedConvs
-from jaxdepth.quant.freeze import freeze
-from jaxdepth.quant.taps import conv_taps
+from jaxdepth.quant.taps import conv_taps, mode_passes
 
 
 def weight_error(k: np.ndarray, per_channel: bool) -> jax.Array:
@@ -46,14 +45,13 @@ def output_shifts(model: nn.Module, variables: dict, batches: Sequence[dict], us
             return y.mean(axis=(0, 1, 2))
         return conv_taps(model, variables, rgb, lidar, reduce)
 
-    frozen = {mode: freeze(model, variables, mode) for mode in ((True, False) if use_lidar else (False,))}
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for batch in tqdm(batches, desc="bias correction", disable=not progress, leave=False):
-        for lidar in ((batch["lidar"], None) if use_lidar else (None,)):
-            for p, m in jax.device_get(step(frozen[lidar is not None], errors, batch["rgb"], lidar)).items():
-                sums[p] = sums.get(p, 0) + m
-                counts[p] = counts.get(p, 0) + 1
+    shown = tqdm(batches, desc="bias correction", disable=not progress, leave=False)
+    for frozen, rgb, lidar in mode_passes(model, variables, shown, use_lidar):
+        for p, m in jax.device_get(step(frozen, errors, rgb, lidar)).items():
+            sums[p] = sums.get(p, 0) + m
+            counts[p] = counts.get(p, 0) + 1
     return {p: sums[p] / counts[p] for p in sums}
 
 

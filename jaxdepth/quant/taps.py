@@ -3,17 +3,20 @@
 Bias correction and rounding optimisation need statistics of each convolution's input
 in the fake-quant model (the dequantized codes the integer conv consumes). Flax's
 ``intercept_methods`` shows each ``Conv`` call's input to ``reduce`` without changing
-the model; only the reduced statistics leave the compiled function.
+the model; only the reduced statistics leave the compiled function. ``mode_passes``
+feeds a calibration set through both modes of a LiDAR model, each on its own integer
+parameters.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import flax.linen as nn
 import jax
 
 from jaxdepth.models.layers import Conv, path, value
+from jaxdepth.quant.freeze import freeze
 
 # reduce(path, input (real values, NHWC), the Conv block) -> any pytree of statistics
 Reduce = Callable[[str, jax.Array, Conv], Any]
@@ -34,3 +37,15 @@ def conv_taps(model: nn.Module, variables: dict, rgb: jax.Array, lidar: jax.Arra
     with nn.intercept_methods(interceptor):
         model.apply(variables, rgb, lidar, train=False)
     return out
+
+
+def mode_passes(model: nn.Module, variables: dict, batches: Iterable[dict],
+                use_lidar: bool) -> Iterator[tuple[dict, jax.Array, jax.Array | None]]:
+    """``(variables, rgb, lidar)`` of every pass over ``batches``: with ``use_lidar`` the
+    LiDAR pass then the monocular one (``lidar`` None) of each batch, each mode on its own
+    frozen integer parameters (``quant.freeze``), as the exported graphs run them."""
+    modes = (True, False) if use_lidar else (False,)
+    frozen = {m: freeze(model, variables, m) for m in modes}
+    for batch in batches:
+        for m in modes:
+            yield frozen[m], batch["rgb"], batch["lidar"] if m else None

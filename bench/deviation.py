@@ -1,0 +1,108 @@
+"""Where the integer depth's deviation from FP32 comes from, on a data split of a run.
+
+The integer head codes differ from the FP32 head for two reasons: the head is stored in
+8 bits (its output grid), and every activation before it is (the network's INT8 noise).
+Three rows separate them, each the |depth - FP32 depth| in mm over valid pixels:
+
+* ``fp32, head rounded``: the FP32 head rounded to the uint8 output grid, no other
+  quantization: what a perfect INT8 network with this head would deviate.
+* ``integer, head unrounded``: the integer forward up to the head's conv, whose exact
+  int32 accumulator then goes through the head in float (sigmoid, or the linear head's
+  sum with the fill), unrounded: the network's INT8 noise alone.
+* ``integer``: the integer forward's head codes (what ``eval.py`` reports).
+
+Prints a table and one JSON line. Usage:
+    python bench/deviation.py [CHECKPOINT (default runs/default)] [--split test]
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from common import machine, run_args
+
+
+def head_unrounded(graph, codes: dict) -> np.ndarray:
+    """The head in float from the integer forward's input to its last conv."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxdepth.quant import integer_ops as iops
+
+    nodes = {n.output: n for n in graph.nodes}
+    head = nodes[graph.outputs[0]]
+    conv = nodes[head.inputs[0]]
+    x, spec = codes[conv.inputs[0]], graph.tensors[conv.inputs[0]]
+    p, pad = conv.int_params, conv.attrs["padding"]
+    acc = iops.conv_accumulate(jnp.asarray(x, jnp.int32) - spec.zero_point, jnp.asarray(p["weight"]),
+                               (conv.attrs["stride"],) * 2, ((pad, pad), (pad, pad)), conv.name)
+    y = np.asarray(acc + p["bias"], np.float64) * (spec.scale * np.asarray(p["weight_scale"], np.float64))
+    if head.op == "sigmoid":
+        return np.asarray(jax.nn.sigmoid(y))
+    fill = graph.tensors[head.inputs[1]]
+    f = head.float_params
+    fill_value = (np.asarray(codes[head.inputs[1]], np.float64) - fill.zero_point) * fill.scale
+    return np.clip(y * f["gate_rgb"] + fill_value * f["gate_sparse"] + f["bias"], 0.0, 1.0)
+
+
+def main() -> None:
+    args = run_args(__doc__, "checkpoint")
+    import jax
+
+    from jaxdepth import checkpoint
+    from jaxdepth.config import config_from_dict
+    from jaxdepth.data.sources import eval_pipeline
+    from jaxdepth.encodings import get_encoding
+    from jaxdepth.export.compare import BANDS, band_name, deviation_stats
+    from jaxdepth.export.exporter import export_graph
+    from jaxdepth.export.integer import integer_params, make_intermediates
+    from jaxdepth.metrics import valid_mask
+    from jaxdepth.models import build_model
+
+    state, meta, step_dir = checkpoint.load(args.checkpoint)
+    cfg = config_from_dict(meta["config"])
+    variables = {k: state[k] for k in ("params", "batch_stats", "quant")}
+    enc = get_encoding(cfg.model)
+    graph = export_graph(cfg, variables, cfg.data.height, cfg.data.width, cfg.model.sparse)
+    params, intermediates = integer_params(graph), make_intermediates(graph)
+    model = build_model(cfg.model)
+    fp32 = jax.jit(lambda v, rgb, lidar: model.apply(v, rgb, lidar if cfg.model.sparse else None,
+                                                     train=False)[0])
+    depth = lambda heads: np.asarray(enc.decode(np.asarray(heads, np.float32)))
+
+    rows = {"fp32, head rounded": [], "integer, head unrounded": [], "integer": []}
+    gts = []
+    for batch in eval_pipeline(cfg, args.split).epoch(0):
+        rgb, lidar, gt = batch["rgb"], batch["lidar"], batch["depth"]
+        heads = np.clip(np.asarray(fp32(variables, rgb, lidar)), 0.0, 1.0)
+        codes = intermediates(params, rgb, lidar)
+        ref = depth(heads)
+        mask = np.asarray(valid_mask(gt, enc.min_depth, enc.max_depth, cfg.eval.garg_crop))
+        for name, h in (("fp32, head rounded", np.rint(heads * 255.0) / 255.0),
+                        ("integer, head unrounded", head_unrounded(graph, codes)),
+                        ("integer", np.asarray(codes[graph.outputs[0]], np.float32) / 255.0)):
+            rows[name].append(np.abs(depth(h) - ref)[mask] * 1000.0)
+        gts.append(gt[mask])
+    gt_m = np.concatenate(gts)
+    result = {}
+    for name, errs in rows.items():
+        e = np.concatenate(errs)
+        result[name] = {"all": deviation_stats(e)}
+        for lo, hi in BANDS:
+            result[name][band_name(lo, hi)] = deviation_stats(e[(gt_m >= lo) & (gt_m < hi)])
+
+    print(f"{step_dir} ({cfg.model.encoding} head, {cfg.quant.preset}), split '{args.split}': "
+          "|depth - FP32 depth| in mm")
+    print(f"{'row':<26}{'band':<10}{'median':>9}{'p95':>9}{'p99':>9}{'max':>9}")
+    for name, bands in result.items():
+        for band, s in bands.items():
+            vals = "".join(f"{s[k]:>9.1f}" if s[k] is not None else f"{'-':>9}"
+                           for k in ("median", "p95", "p99", "max"))
+            print(f"{name:<26}{band:<10}{vals}")
+    print(json.dumps({"bench": "deviation", "machine": machine(), "checkpoint": str(step_dir),
+                      "encoding": cfg.model.encoding, "preset": cfg.quant.preset, "split": args.split,
+                      "deviation_mm": result}))
+
+
+if __name__ == "__main__":
+    main()
