@@ -55,7 +55,7 @@ def main() -> None:
     from jaxdepth.encodings import get_encoding
     from jaxdepth.export.compare import BANDS, band_name, deviation_stats
     from jaxdepth.export.exporter import export_graph
-    from jaxdepth.export.integer import integer_params, make_intermediates
+    from jaxdepth.export.integer import make_intermediates
     from jaxdepth.metrics import valid_mask
     from jaxdepth.models import build_model
 
@@ -64,7 +64,7 @@ def main() -> None:
     variables = {k: state[k] for k in ("params", "batch_stats", "quant")}
     enc = get_encoding(cfg.model)
     graph = export_graph(cfg, variables, cfg.data.height, cfg.data.width, cfg.model.sparse)
-    params, intermediates = integer_params(graph), make_intermediates(graph)
+    intermediates = make_intermediates(graph)
     model = build_model(cfg.model)
     fp32 = jax.jit(lambda v, rgb, lidar: model.apply(v, rgb, lidar if cfg.model.sparse else None,
                                                      train=False)[0])
@@ -75,7 +75,7 @@ def main() -> None:
     for batch in eval_pipeline(cfg, args.split).epoch(0):
         rgb, lidar, gt = batch["rgb"], batch["lidar"], batch["depth"]
         heads = np.clip(np.asarray(fp32(variables, rgb, lidar)), 0.0, 1.0)
-        codes = intermediates(params, rgb, lidar)
+        codes = intermediates(rgb, lidar)
         ref = depth(heads)
         mask = np.asarray(valid_mask(gt, enc.min_depth, enc.max_depth, cfg.eval.garg_crop))
         for name, h in (("fp32, head rounded", np.rint(heads * 255.0) / 255.0),

@@ -25,7 +25,7 @@ def main() -> int:
     from jaxdepth.config import load_config
     from jaxdepth.evaluate import make_head_codes
     from jaxdepth.export.exporter import export_graph
-    from jaxdepth.export.integer import integer_params, make_integer_forward
+    from jaxdepth.export.integer import make_integer_forward
     from jaxdepth.models import build_model, quant_for
     from jaxdepth.quant.calibrate import calibrate
     from jaxdepth.quant.freeze import freeze
@@ -48,12 +48,12 @@ def main() -> int:
         for use_lidar in ([True, False] if cfg.model.sparse else [False]):
             frozen = freeze(fake, variables, use_lidar)
             graph = export_graph(cfg, variables, h, w, use_lidar)
-            forward, params = make_integer_forward(graph), integer_params(graph)
+            forward = make_integer_forward(graph)
             fake_codes = make_head_codes(fake, use_lidar)
             equal = total = max_diff = 0
             for _ in range(args.steps):
                 b = batch()
-                a = np.asarray(forward(params, b["rgb"], b["lidar"]), np.int32)
+                a = np.asarray(forward(b["rgb"], b["lidar"]), np.int32)
                 f = np.asarray(fake_codes(frozen, b["rgb"], b["lidar"]))
                 equal += int((a == f).sum())
                 total += a.size

@@ -27,7 +27,7 @@ def main() -> None:
     from jaxdepth.export import onnx as xonnx
     from jaxdepth.export.compare import code_agreement
     from jaxdepth.export.exporter import export_graph
-    from jaxdepth.export.integer import integer_params, make_integer_forward
+    from jaxdepth.export.integer import make_integer_forward
     from jaxdepth.models import build_model
 
     state, meta, step_dir = checkpoint.load(args.checkpoint)
@@ -35,7 +35,7 @@ def main() -> None:
     variables = {k: state[k] for k in ("params", "batch_stats", "quant")}
     enc = cfg.model.encoding
     graph = export_graph(cfg, variables, cfg.data.height, cfg.data.width, use_lidar=True)
-    params, forward = integer_params(graph), make_integer_forward(graph)
+    forward = make_integer_forward(graph)
     model = build_model(cfg.model)
     fp32 = jax.jit(lambda v, rgb, lidar: model.apply(v, rgb, lidar, train=False)[0])
     sessions = {name: xonnx.session(m) for name, m in (
@@ -51,7 +51,7 @@ def main() -> None:
         codes = xonnx.code_feeds(graph, rgb, lidar)
         for name in got:
             got[name].append(xonnx.heads(sessions[name], graph, enc, codes))
-        want.append(np.asarray(forward(params, rgb, lidar)))
+        want.append(np.asarray(forward(rgb, lidar)))
     want = np.concatenate(want)
     rows = {name: code_agreement(np.concatenate(g), want) for name, g in got.items()}
 

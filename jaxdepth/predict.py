@@ -55,17 +55,17 @@ def _load_export(path: Path) -> DepthModel:
 
     from jaxdepth.encodings import decode_codes, get_encoding
     from jaxdepth.export import artifact
-    from jaxdepth.export.integer import integer_params, make_integer_forward
+    from jaxdepth.export.integer import make_integer_forward
 
     graph, cfg = artifact.load(path)
     enc = get_encoding(cfg.model)
     ops = {n.op: n.output for n in graph.nodes}
     _, height, width, _ = graph.tensors[ops["input_rgb"]].shape
-    params, forward = integer_params(graph), make_integer_forward(graph)
+    forward = make_integer_forward(graph)
     takes_lidar = "input_sparse" in ops
 
     def predict(rgb: np.ndarray, lidar: np.ndarray | None) -> np.ndarray:
-        codes = forward(params, jnp.asarray(rgb), None if lidar is None else jnp.asarray(lidar))
+        codes = forward(jnp.asarray(rgb), None if lidar is None else jnp.asarray(lidar))
         return np.asarray(decode_codes(enc, codes))[0]
 
     return DepthModel(predict, height, width, enc.min_depth, enc.max_depth, takes_lidar, True,

@@ -23,7 +23,7 @@ from jaxdepth.data.sources import eval_pipeline
 from jaxdepth.encodings import decode_codes
 from jaxdepth.evaluate import Evaluator, pad_batch
 from jaxdepth.export.exporter import ExportError, export_graph
-from jaxdepth.export.integer import integer_params, make_integer_forward
+from jaxdepth.export.integer import make_integer_forward
 from jaxdepth.metrics import valid_mask
 from jaxdepth.quant.freeze import freeze
 
@@ -217,8 +217,8 @@ def save_eval_pictures(evaluator: Evaluator, variables: dict, split: str, out_di
     cfg, enc = evaluator.cfg, evaluator.encoding
     use_lidar, bs = cfg.model.sparse, cfg.eval.batch_size
 
-    def batched(fn: Callable, params: dict) -> Predict:
-        return lambda rgb, lidar: np.asarray(fn(params, pad_batch(rgb, bs), pad_batch(lidar, bs)))[:len(rgb)]
+    def batched(fn: Callable, *args: dict) -> Predict:
+        return lambda rgb, lidar: np.asarray(fn(*args, pad_batch(rgb, bs), pad_batch(lidar, bs)))[:len(rgb)]
 
     int8, label = None, "INT8"
     if has_ranges(variables):
@@ -226,7 +226,7 @@ def save_eval_pictures(evaluator: Evaluator, variables: dict, split: str, out_di
             graph = export_graph(cfg, variables, cfg.data.height, cfg.data.width, use_lidar)
             forward = make_integer_forward(graph)
             decode = jax.jit(lambda codes: decode_codes(enc, codes))
-            int8 = batched(lambda p, rgb, lidar: decode(forward(p, rgb, lidar)), integer_params(graph))
+            int8 = batched(lambda rgb, lidar: decode(forward(rgb, lidar)))
         except ExportError:
             int8 = batched(evaluator.predictor("fake", use_lidar), freeze(evaluator.models["fake"], variables, use_lidar))
             label = "INT8 fake-quant"

@@ -13,7 +13,7 @@ from jaxdepth.encodings import (ENCODINGS, InverseDepth, IntegerFraction, LogDep
 from jaxdepth.export import artifact
 from jaxdepth.export import onnx as xonnx
 from jaxdepth.export.exporter import export_graph
-from jaxdepth.export.integer import integer_params, make_integer_forward
+from jaxdepth.export.integer import make_integer_forward
 from jaxdepth.models import build_model
 from jaxdepth.quant.calibrate import calibrate
 
@@ -169,7 +169,7 @@ def test_every_encoding_through_the_integer_export(tiny_data, tmp_path, name):
     batch = next(iter(eval_pipeline(cfg, "calib").epoch(0)))
     variables = {**variables, "quant": calibrate(model, variables, [batch], use_lidar=True)}
     graph = export_graph(cfg, variables, h, w)
-    codes = make_integer_forward(graph)(integer_params(graph), batch["rgb"], batch["lidar"])
+    codes = make_integer_forward(graph)(batch["rgb"], batch["lidar"])
     assert codes.dtype == jnp.uint8 and codes.shape == batch["rgb"].shape[:3] + (enc.channels,)
     depth = np.asarray(decode_codes(enc, codes))
     assert np.isfinite(depth).all() and depth.min() >= enc.min_depth and depth.max() <= enc.max_depth

@@ -162,7 +162,7 @@ def test_integer_forward_has_no_float_operation_after_the_inputs(tiny_data, pres
     assert {np.dtype(c.dtype) for c in inputs.values()} == {act}
     closed = jax.make_jaxpr(lambda p, x: run_codes(program, p, x))(params, inputs)
     assert closed.jaxpr.eqns and not _float_eqns(closed.jaxpr, [])
-    full = jax.make_jaxpr(make_integer_forward(graph))(params, jnp.zeros((2, H, W, 3)), jnp.zeros((2, H, W)))
+    full = jax.make_jaxpr(make_integer_forward(graph))(jnp.zeros((2, H, W, 3)), jnp.zeros((2, H, W)))
     assert _float_eqns(full.jaxpr, [])           # the walker does see the float prologue
     assert not any(jnp.issubdtype(np.asarray(c).dtype, jnp.floating) for c in closed.consts)
     avals = jax.eval_shape(lambda p, x: run_codes(program, p, x), params, inputs)
@@ -213,7 +213,7 @@ def test_monocular_integer_graph_matches_its_fake_quant_forward(tiny_data, prese
     fake = build_model(cfg.model, quant_for(cfg, "fake"))
     b = first_test_batch(cfg)
     want = np.asarray(make_head_codes(fake, use_lidar=False)(freeze(fake, variables, False), b["rgb"], b["lidar"]))
-    got = np.asarray(make_integer_forward(graph)(integer_params(graph), b["rgb"], None), np.int32)
+    got = np.asarray(make_integer_forward(graph)(b["rgb"], None), np.int32)
     np.testing.assert_array_equal(got, want)
     # The RGB-only mode derives its own parameters: its skip concats read the RGB encoder's
     # features, not the fused ones, so the LiDAR mode's multipliers would be wrong there.
@@ -261,7 +261,7 @@ def test_linear_heads_over_the_fill_export_exactly_with_and_without_lidar(tiny_d
     for use_lidar, g in ((True, graph), (False, mono)):
         lidar = b["lidar"] if use_lidar else None
         want = np.asarray(make_head_codes(fake, use_lidar)(freeze(fake, variables, use_lidar), b["rgb"], b["lidar"]))
-        got = np.asarray(make_integer_forward(g)(integer_params(g), b["rgb"], lidar), np.int32)
+        got = np.asarray(make_integer_forward(g)(b["rgb"], lidar), np.int32)
         np.testing.assert_array_equal(got, want)
 
 
@@ -280,10 +280,9 @@ def test_film_has_no_int8_form(tiny_data):
 def test_intermediates_are_the_stored_codes_of_every_tensor(tiny_data):
     cfg, _, graph = exported(tiny_data, "per_channel")      # its intermediates serve test_onnx too
     b = first_test_batch(cfg)
-    params = integer_params(graph)
-    codes = make_intermediates(graph)(params, b["rgb"], b["lidar"])
+    codes = make_intermediates(graph)(b["rgb"], b["lidar"])
     assert set(codes) == set(graph.tensors)
-    head = make_integer_forward(graph)(params, b["rgb"], b["lidar"])
+    head = make_integer_forward(graph)(b["rgb"], b["lidar"])
     np.testing.assert_array_equal(codes[graph.outputs[0]], head)
     for name, c in make_input_codes(graph)(b["rgb"], b["lidar"]).items():
         np.testing.assert_array_equal(codes[name], c)
@@ -316,9 +315,8 @@ def test_artifact_round_trip_gives_identical_codes(tiny_data, saved):
         for k, v in a.float_params.items():
             np.testing.assert_array_equal(b.float_params[k], v)
     batch = first_test_batch(cfg)
-    fwd = make_integer_forward(graph)
-    np.testing.assert_array_equal(fwd(integer_params(loaded), batch["rgb"], batch["lidar"]),
-                                  fwd(integer_params(graph), batch["rgb"], batch["lidar"]))
+    np.testing.assert_array_equal(make_integer_forward(loaded)(batch["rgb"], batch["lidar"]),
+                                  make_integer_forward(graph)(batch["rgb"], batch["lidar"]))
 
 
 def test_artifact_is_under_a_third_of_the_fp32_model(saved):

@@ -12,7 +12,7 @@ from onnx import helper
 
 from jaxdepth.data.sources import eval_pipeline
 from jaxdepth.export import onnx as xonnx
-from jaxdepth.export.integer import integer_params, make_integer_forward, make_intermediates
+from jaxdepth.export.integer import make_integer_forward, make_intermediates
 from jaxdepth.models import build_model
 from test_export import exported, first_test_batch, prior_exported
 
@@ -76,10 +76,10 @@ def test_integer_model_in_onnxruntime_equals_integer_forward(tiny_data, preset):
     assert xonnx.op_types(model) <= INTEGER_OPS
     assert [o.name for o in model.graph.output] == ["int", "frac"]
     sess = xonnx.session(model)
-    forward, params = make_integer_forward(graph), integer_params(graph)
+    forward = make_integer_forward(graph)
     for batch in eval_pipeline(cfg, "test").epoch(0):
         got = xonnx.heads(sess, graph, cfg.model.encoding, xonnx.code_feeds(graph, batch["rgb"], batch["lidar"]))
-        np.testing.assert_array_equal(got, np.asarray(forward(params, batch["rgb"], batch["lidar"])))
+        np.testing.assert_array_equal(got, np.asarray(forward(batch["rgb"], batch["lidar"])))
 
 
 def _layerwise(model: onnx.ModelProto, graph) -> onnx.ModelProto:
@@ -107,7 +107,7 @@ def test_qdq_layers_in_onnxruntime_match_integer_layers(tiny_data, preset):
     cfg, _, graph = exported(tiny_data, preset)
     sess = xonnx.session(_layerwise(models(tiny_data, preset)[2], graph))
     batch = first_test_batch(cfg)
-    codes = jax.tree.map(np.asarray, make_intermediates(graph)(integer_params(graph), batch["rgb"], batch["lidar"]))
+    codes = jax.tree.map(np.asarray, make_intermediates(graph)(batch["rgb"], batch["lidar"]))
     nchw = {k: np.ascontiguousarray(v.transpose(0, 3, 1, 2)) for k, v in codes.items()}
     feeds = {i.name: nchw[i.name.removesuffix("/in")] for i in sess.get_inputs()}
     names = [o.name for o in sess.get_outputs()]
@@ -135,4 +135,4 @@ def test_linear_heads_over_the_fill_in_onnxruntime(tiny_data):
         got = xonnx.heads(fp32, graph, "log", xonnx.feeds(graph, batch["rgb"], batch["lidar"]))
         assert np.abs(got - want).max() < 1e-4
         codes = xonnx.heads(integer, graph, "log", xonnx.code_feeds(graph, batch["rgb"], batch["lidar"]))
-        np.testing.assert_array_equal(codes, np.asarray(forward(integer_params(graph), batch["rgb"], batch["lidar"])))
+        np.testing.assert_array_equal(codes, np.asarray(forward(batch["rgb"], batch["lidar"])))

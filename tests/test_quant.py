@@ -121,9 +121,9 @@ def test_conv_accumulator_is_exact_beyond_float32_integers():
 @pytest.mark.parametrize("integer_convs", [True, False], ids=["int8 kernels", "float32 groups"])
 @pytest.mark.parametrize("cin,stride", [(3, 2), (64, 1)])
 def test_int8_conv_accumulate_is_exact_on_both_kernels(monkeypatch, integer_convs, cin, stride):
-    """The integer forward's conv: int8 patch product (few channels) or int8 conv on
-    XLA:CPU, exact float32 groups where the backend has no integer convolution (XLA:GPU);
-    forced here, so CPU runs check the GPU path too."""
+    """The integer forward's conv: int8 patch product on XLA:CPU, exact float32 groups
+    where the backend has no integer convolution (XLA:GPU); forced here, so CPU runs
+    check the GPU path too."""
     monkeypatch.setattr(iops, "integer_convolutions", lambda: integer_convs)
     rng = np.random.default_rng(cin)
     x = rng.integers(-128, 128, size=(2, 9, 11, cin)).astype(np.int8)

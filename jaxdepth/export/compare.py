@@ -17,7 +17,7 @@ from jaxdepth.encodings import decode_codes
 from jaxdepth.evaluate import Evaluator, make_head_codes, pad_batch
 from jaxdepth.export.exporter import export_graph
 from jaxdepth.export.graph import Graph
-from jaxdepth.export.integer import integer_params, make_integer_forward
+from jaxdepth.export.integer import make_integer_forward
 from jaxdepth.metrics import MetricAccumulator, image_metrics, valid_mask
 from jaxdepth.quant.freeze import freeze
 
@@ -55,7 +55,6 @@ def compare(evaluator: Evaluator, variables: dict, split: str, graph: Graph | No
     use_lidar = cfg.model.sparse
     if graph is None:
         graph = export_graph(cfg, variables, cfg.data.height, cfg.data.width, use_lidar)
-    params = integer_params(graph)
     forward = make_integer_forward(graph)
     decode = jax.jit(lambda codes: decode_codes(enc, codes))
     fake = evaluator.models["fake"]
@@ -69,7 +68,7 @@ def compare(evaluator: Evaluator, variables: dict, split: str, graph: Graph | No
     for batch in eval_pipeline(cfg, split).epoch(0):
         n = len(batch["rgb"])
         rgb, lidar = pad_batch(batch["rgb"], bs), pad_batch(batch["lidar"], bs)
-        codes = forward(params, rgb, lidar)
+        codes = forward(rgb, lidar)
         fake_c = fake_codes_of(fake_vars, rgb, lidar)
         gt = jnp.asarray(pad_batch(batch["depth"], bs))
         # both rows decoded by the same function: they differ only by the codes

@@ -109,11 +109,8 @@ def conv_accumulate(x: jax.Array, w: jax.Array, strides: tuple[int, int],
     return acc
 
 
-PATCH_DOT_MAX_CHANNELS = 32
-
-
 def integer_convolutions() -> bool:
-    """Whether the backend compiling the integer forward runs int8 convolutions (XLA:CPU)."""
+    """Whether the backend compiling the integer forward runs int8 products (XLA:CPU)."""
     return jax.default_backend() == "cpu"
 
 
@@ -121,20 +118,16 @@ def int8_conv_accumulate(x8: jax.Array, w: jax.Array, strides: tuple[int, int]) 
     """The int32 accumulator ``sum(x8 * w)`` of int8 inputs, padded already (no padding
     here), and int8 weight codes (HWIO), in integer arithmetic.
 
-    XLA:CPU runs an int8 convolution with few input channels several times slower than
-    the same products as one int8 matrix product over the k x k patches (im2col), and
-    wide ones faster; so convs with fewer than ``PATCH_DOT_MAX_CHANNELS`` input channels
-    gather their patches and take one dot (``bench/integer.py``). Both sums are exact.
-    XLA:GPU implements no integer convolution (it fails with UNIMPLEMENTED), so on other
-    backends the same sum runs as ``conv_accumulate``'s exact float32 groups.
+    On XLA:CPU every conv gathers its k x k input patches (im2col) and takes one int8
+    matrix product with int32 accumulation: in the default model's integer forward that
+    takes about 0.6x the time of XLA's own int8 convolution (``docs/speed.md``), whose
+    int8 path is slow for most shapes here. XLA:GPU implements no integer convolution (it
+    fails with UNIMPLEMENTED), so on other backends the same sum runs as
+    ``conv_accumulate``'s exact float32 groups.
     """
     kh, kw, cin, cout = w.shape
     if not integer_convolutions():
         return conv_accumulate(x8.astype(jnp.int32), w, strides, ((0, 0), (0, 0)))
-    if cin >= PATCH_DOT_MAX_CHANNELS:
-        return jax.lax.conv_general_dilated(x8, w, strides, "VALID",
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                            preferred_element_type=jnp.int32)
     (sh, sw), (_, h, wd, _) = strides, x8.shape
     oh, ow = (h - kh) // sh + 1, (wd - kw) // sw + 1
     patches = jnp.concatenate([x8[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
