@@ -71,10 +71,15 @@ class Program:
 
 def integer_params(graph: Graph) -> Params:
     """The arrays the integer forward reads: each node's integer parameters (the float
-    scales stored beside them are metadata for other toolchains) and every tensor's zero
+    scales stored beside them are metadata for other toolchains), a conv's per-channel
+    sum of weight codes (its zero-point term, summed here once instead of by XLA's
+    constant folding, which takes minutes on the default model) and every tensor's zero
     point."""
     nodes = {n.name: {k: v for k, v in n.int_params.items() if v.dtype.kind in "iu"}
              for n in graph.nodes if n.int_params}
+    for n in graph.nodes:
+        if n.op == "conv":
+            nodes[n.name]["weight_sum"] = n.int_params["weight"].astype(np.int32).sum(axis=(0, 1, 2))
     zero_points = {name: np.int32(t.zero_point) for name, t in graph.tensors.items()}
     return {"nodes": nodes, "zero_points": zero_points}
 
@@ -93,8 +98,7 @@ def _conv(step: Step, p: dict, x: jax.Array, x_fmt: qn.Format, x_zp, out_zp) -> 
     x8 = (x.astype(jnp.int32) - offset).astype(jnp.int8)
     x8 = jax.lax.pad(x8, (x_zp - offset).astype(jnp.int8), ((0, 0, 0), (pad, pad, 0), (pad, pad, 0), (0, 0, 0)))
     acc = iops.int8_conv_accumulate(x8, p["weight"], (s, s))
-    w_sum = jnp.sum(p["weight"].astype(jnp.int32), axis=(0, 1, 2))
-    acc = acc + (offset - x_zp) * w_sum
+    acc = acc + (offset - x_zp) * p["weight_sum"]
     return _store(iops.conv_output(acc, p["bias"], (p["multiplier"], p["shift"]), out_zp, step.fmt,
                                    step.attr("relu")), step.fmt)
 
