@@ -114,7 +114,8 @@ def test_conv(fmt, stride, relu, per_channel):
         m, shift = m[0], shift[0]
     want = ref_conv(x, zx, w, bias, m, shift, zy, stride, 1, relu, fmt)
     params = {"weight": w.astype(np.int8), "bias": bias.astype(np.int32),
-              "multiplier": np.asarray(m, np.int32), "shift": np.asarray(shift, np.int32)}
+              "multiplier": np.asarray(m, np.int32), "shift": np.asarray(shift, np.int32),
+              "weight_sum": w.sum(axis=(0, 1, 2)).astype(np.int32)}    # as integer_params adds it
     got = run_op("conv", {"kernel": 3, "stride": stride, "padding": 1, "relu": relu},
                  {"x": (x, zx, fmt)}, params, zy, fmt)
     assert len(np.unique(want)) > 20

@@ -72,9 +72,9 @@ class Program:
 def integer_params(graph: Graph) -> Params:
     """The arrays the integer forward reads: each node's integer parameters (the float
     scales stored beside them are metadata for other toolchains), a conv's per-channel
-    sum of weight codes (its zero-point term, summed here once instead of by XLA's
-    constant folding, which takes minutes on the default model) and every tensor's zero
-    point."""
+    sum of weight codes (its zero-point term, summed here once: left to XLA's constant
+    folding, that reduction took most of the default model's compile time) and every
+    tensor's zero point."""
     nodes = {n.name: {k: v for k, v in n.int_params.items() if v.dtype.kind in "iu"}
              for n in graph.nodes if n.int_params}
     for n in graph.nodes:

@@ -120,10 +120,9 @@ def int8_conv_accumulate(x8: jax.Array, w: jax.Array, strides: tuple[int, int]) 
 
     On XLA:CPU every conv gathers its k x k input patches (im2col) and takes one int8
     matrix product with int32 accumulation: in the default model's integer forward that
-    takes about 0.6x the time of XLA's own int8 convolution (``docs/speed.md``), whose
-    int8 path is slow for most shapes here. XLA:GPU implements no integer convolution (it
-    fails with UNIMPLEMENTED), so on other backends the same sum runs as
-    ``conv_accumulate``'s exact float32 groups.
+    takes about 0.6x the time of XLA's own int8 convolution (``docs/speed.md``). XLA:GPU
+    implements no integer convolution (it fails with UNIMPLEMENTED), so on other backends
+    the same sum runs as ``conv_accumulate``'s exact float32 groups.
     """
     kh, kw, cin, cout = w.shape
     if not integer_convolutions():
