@@ -10,10 +10,10 @@ quantize both by calling the compiled function the fake-quant evaluation calls
 tests/test_export.py checks the jaxpr.
 
 ``make_integer_forward`` compiles one graph as an NPU compiler does: its integer
-parameters are constants of the program. XLA then specializes every requantization to
-its multiplier and shift and lays the weights out once, which on XLA:CPU makes the
-integer forward faster than the FP32 one (``bench/integer.py``); each graph compiles
-once (``run_codes`` itself takes the parameters as arguments).
+parameters are constants of the program, which XLA folds into it (every multiplier and
+shift among them); on XLA:CPU that makes the integer forward faster than the FP32 one
+(``bench/integer.py``). Each graph compiles once (``run_codes`` itself takes the
+parameters as arguments).
 """
 from __future__ import annotations
 
