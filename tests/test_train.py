@@ -218,15 +218,16 @@ def test_two_device_step_equals_one_device_step():
 def test_learning_rate_changes_at_the_configured_steps():
     from jaxdepth.train_lib import learning_rate
 
-    # The default run: warm-up over 50 steps, decays at 71.2 % and 96 % of 450 steps, QAT after.
+    # The default run: warm-up over 50 steps, decays at 71.2 % and 96 % of 600 steps, QAT after.
     cfg = load_config(ROOT / "configs" / "default.yaml")
+    assert cfg.train.steps == 600 and cfg.quant.qat_steps == 80
     lr = learning_rate(cfg)
     at = lambda step: float(lr(step))
     assert (at(0), at(25), at(49)) == pytest.approx((0.0, 0.001, 0.002 * 49 / 50))
-    assert (at(50), at(319)) == pytest.approx((0.002, 0.002))
-    assert (at(320), at(431)) == pytest.approx((0.0006, 0.0006))       # int(0.712 * 450)
-    assert (at(432), at(449)) == pytest.approx((0.00018, 0.00018))     # int(0.96 * 450)
-    assert (at(450), at(529)) == pytest.approx((0.0001, 0.0001))       # quant.qat_lr
+    assert (at(50), at(426)) == pytest.approx((0.002, 0.002))
+    assert (at(427), at(575)) == pytest.approx((0.0006, 0.0006))       # int(0.712 * 600)
+    assert (at(576), at(599)) == pytest.approx((0.00018, 0.00018))     # int(0.96 * 600)
+    assert (at(600), at(679)) == pytest.approx((0.0001, 0.0001))       # quant.qat_lr
     # Boundaries before the end of the warm-up apply as soon as the warm-up ends.
     early = learning_rate(load_config(None, ["train.steps=100", "train.warmup_steps=30",
                                              "train.lr_boundaries=[0.2, 0.5]", "train.lr=1.0"]))
