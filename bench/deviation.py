@@ -1,11 +1,15 @@
 """Where the integer depth's deviation from FP32 comes from, on a data split of a run.
 
-The integer head codes differ from the FP32 head for two reasons: the head is stored in
-8 bits (its output grid), and every activation before it is (the network's INT8 noise).
-Three rows separate them, each the |depth - FP32 depth| in mm over valid pixels:
+The integer head codes differ from the FP32 head for three reasons: the LiDAR input is
+stored in 8 bits (its input grid), the head is (its output grid), and so is every
+activation between them (the network's INT8 noise). Rows separate them, each the
+|depth - FP32 depth| in mm over valid pixels, beside the row's abs_rel on the split:
 
+* ``fp32, LiDAR input rounded``: the FP32 network fed the LiDAR input on its uint8 grid
+  (with the SAN); the head unrounded.
 * ``fp32, head rounded``: the FP32 head rounded to the uint8 output grid, no other
   quantization: what a perfect INT8 network with this head would deviate.
+* ``fp32, input and head rounded``: both grids, the FP32 network between them.
 * ``integer, head unrounded``: the integer forward up to the head's conv, whose exact
   int32 accumulator then goes through the head in float (sigmoid, or the linear head's
   sum with the fill), unrounded: the network's INT8 noise alone.
@@ -52,11 +56,11 @@ def main() -> None:
     from jaxdepth import checkpoint
     from jaxdepth.config import config_from_dict
     from jaxdepth.data.sources import eval_pipeline
-    from jaxdepth.encodings import get_encoding
+    from jaxdepth.encodings import get_encoding, get_lidar_encoding
     from jaxdepth.export.compare import BANDS, band_name, deviation_stats
     from jaxdepth.export.exporter import export_graph
     from jaxdepth.export.integer import make_intermediates
-    from jaxdepth.metrics import valid_mask
+    from jaxdepth.metrics import MetricAccumulator, image_metrics, valid_mask
     from jaxdepth.models import build_model
 
     state, meta, step_dir = checkpoint.load(args.checkpoint)
@@ -69,8 +73,20 @@ def main() -> None:
     fp32 = jax.jit(lambda v, rgb, lidar: model.apply(v, rgb, lidar if cfg.model.sparse else None,
                                                      train=False)[0])
     depth = lambda heads: np.asarray(enc.decode(np.asarray(heads, np.float32)))
+    rounded = lambda heads: np.rint(heads * 255.0) / 255.0
+    lidar_enc = get_lidar_encoding(cfg.model)
 
-    rows = {"fp32, head rounded": [], "integer, head unrounded": [], "integer": []}
+    def lidar_on_grid(lidar: np.ndarray) -> np.ndarray:
+        """Metres whose encoding is the uint8 grid's: what the INT8 model's input holds."""
+        x = np.asarray(lidar_enc.encode(lidar))
+        return np.asarray(lidar_enc.decode(np.stack([rounded(x[..., 0]), x[..., 1]], axis=-1)))
+
+    names = ["fp32", "fp32, LiDAR input rounded", "fp32, head rounded", "fp32, input and head rounded",
+             "integer, head unrounded", "integer"]
+    if not cfg.model.sparse:
+        names = [n for n in names if "input" not in n]
+    rows = {name: [] for name in names[1:]}
+    scores = {name: MetricAccumulator() for name in names}
     gts = []
     for batch in eval_pipeline(cfg, args.split).epoch(0):
         rgb, lidar, gt = batch["rgb"], batch["lidar"], batch["depth"]
@@ -78,10 +94,17 @@ def main() -> None:
         codes = intermediates(rgb, lidar)
         ref = depth(heads)
         mask = np.asarray(valid_mask(gt, enc.min_depth, enc.max_depth, cfg.eval.garg_crop))
-        for name, h in (("fp32, head rounded", np.rint(heads * 255.0) / 255.0),
-                        ("integer, head unrounded", head_unrounded(graph, codes)),
-                        ("integer", np.asarray(codes[graph.outputs[0]], np.float32) / 255.0)):
-            rows[name].append(np.abs(depth(h) - ref)[mask] * 1000.0)
+        outputs = {"fp32": heads, "fp32, head rounded": rounded(heads),
+                   "integer, head unrounded": head_unrounded(graph, codes),
+                   "integer": np.asarray(codes[graph.outputs[0]], np.float32) / 255.0}
+        if cfg.model.sparse:
+            heads_q = np.clip(np.asarray(fp32(variables, rgb, lidar_on_grid(lidar))), 0.0, 1.0)
+            outputs.update({"fp32, LiDAR input rounded": heads_q, "fp32, input and head rounded": rounded(heads_q)})
+        for name in names:
+            d = depth(outputs[name])
+            scores[name].add(*image_metrics(d, gt, enc.min_depth, enc.max_depth, cfg.eval.garg_crop))
+            if name in rows:
+                rows[name].append(np.abs(d - ref)[mask] * 1000.0)
         gts.append(gt[mask])
     gt_m = np.concatenate(gts)
     result = {}
@@ -91,17 +114,21 @@ def main() -> None:
         for lo, hi in BANDS:
             result[name][band_name(lo, hi)] = deviation_stats(e[(gt_m >= lo) & (gt_m < hi)])
 
+    abs_rel = {name: round(acc.result()["abs_rel"], 5) for name, acc in scores.items()}
+
     print(f"{step_dir} ({cfg.model.encoding} head, {cfg.quant.preset}), split '{args.split}': "
-          "|depth - FP32 depth| in mm")
-    print(f"{'row':<26}{'band':<10}{'median':>9}{'p95':>9}{'p99':>9}{'max':>9}")
+          "|depth - FP32 depth| in mm, and abs_rel against the ground truth")
+    print(f"{'row':<30}{'band':<10}{'median':>9}{'p95':>9}{'p99':>9}{'max':>9}{'abs_rel':>9}")
+    print(f"{'fp32':<30}{'all':<10}{'':>36}{abs_rel['fp32']:>9.4f}")
     for name, bands in result.items():
         for band, s in bands.items():
             vals = "".join(f"{s[k]:>9.1f}" if s[k] is not None else f"{'-':>9}"
                            for k in ("median", "p95", "p99", "max"))
-            print(f"{name:<26}{band:<10}{vals}")
+            score = f"{abs_rel[name]:>9.4f}" if band == "all" else ""
+            print(f"{name:<30}{band:<10}{vals}{score}")
     print(json.dumps({"bench": "deviation", "machine": machine(), "checkpoint": str(step_dir),
                       "encoding": cfg.model.encoding, "preset": cfg.quant.preset, "split": args.split,
-                      "deviation_mm": result}))
+                      "abs_rel": abs_rel, "deviation_mm": result}))
 
 
 if __name__ == "__main__":

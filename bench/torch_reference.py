@@ -1,14 +1,18 @@
 """One Adam train step of jaxdepth and of the same network in PyTorch, side by side.
 
 The PyTorch model below is written from ``jaxdepth.models`` layer for layer: ResNet-18
-encoder with the input normalisation inside, the SAN (max-pool by 2, mask concatenated,
-parallel conv+BN+ReLU paths summed) fused by per-channel gates, the monodepth2 decoder
-with nearest x2 upsampling and sigmoid heads at scales 0..3, heads resized bilinearly to
-full resolution for the integer/fraction loss, gradient clipping and AdamW. With the SAN
-it trains as ``train_lib.make_train_step`` does: the fused pass, the RGB-only pass
-(``train.mono_weight``) and the skip consistency term (``train.consistency_weight``). Both sides
-use 2 threads and the same shapes; the two frameworks' steps alternate (A B A B ...) so
-both see the same machine load, and the medians are compared.
+encoder with the input normalisation inside (and the config's ``model.full_res`` stride-1
+stage), the SAN (max-pool by 2, mask concatenated, parallel conv+BN+ReLU paths summed)
+fused by per-channel gates, the monodepth2 decoder with nearest x2 upsampling and sigmoid
+heads at scales 0..3, heads resized bilinearly to full resolution for the integer/fraction
+loss, gradient clipping and AdamW. Both sides run the integer/fraction dual head and an
+inverse-depth LiDAR input without the fill channel: the default config's log head, log
+LiDAR input, fill channel and linear heads are not rebuilt in PyTorch (they change only
+the input layer and the heads). With the SAN it trains as ``train_lib.make_train_step``
+does: the fused pass, the RGB-only pass (``train.mono_weight``) and the skip consistency
+term (``train.consistency_weight``). Both sides use 2 threads and the same shapes; the two
+frameworks' steps alternate (A B A B ...) so both see the same machine load, and the
+medians are compared.
 
 torch is a benchmark-only dependency: ``pip install -e '.[bench]'``. Usage:
     python bench/torch_reference.py [--config configs/default.yaml] [--steps 5]
@@ -65,8 +69,9 @@ CHANNELS = (64, 64, 128, 256, 512)
 
 
 class ResNet18Encoder(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, full_res: int) -> None:
         super().__init__()
+        self.conv0 = ConvBlock(3, full_res, 3) if full_res else None
         self.conv1 = ConvBlock(3, CHANNELS[0], 7, 2)
         self.layers = nn.ModuleList()
         cin = CHANNELS[0]
@@ -76,8 +81,10 @@ class ResNet18Encoder(nn.Module):
             cin = cout
 
     def forward(self, rgb: torch.Tensor) -> list[torch.Tensor]:
-        x = self.conv1((rgb - RGB_MEAN) / RGB_STD)
-        features = [x]
+        x = (rgb - RGB_MEAN) / RGB_STD
+        features = [self.conv0(x)] if self.conv0 is not None else []
+        x = self.conv1(x)
+        features.append(x)
         x = F.max_pool2d(x, 3, 2, 1)
         for layer in self.layers:
             x = layer(x)
@@ -98,9 +105,11 @@ class SparseStage(nn.Module):
 
 
 class SparseEncoder(nn.Module):
-    def __init__(self, kernels: tuple[int, ...], path_depths: tuple[int, ...], min_depth: float) -> None:
+    def __init__(self, kernels: tuple[int, ...], path_depths: tuple[int, ...], min_depth: float,
+                 full_res: int) -> None:
         super().__init__()
         self.min_depth = min_depth
+        self.stage_full = SparseStage(1, full_res, 3, path_depths) if full_res else None
         cins = (1,) + CHANNELS[:-1]
         self.stages = nn.ModuleList(SparseStage(ci, co, k, path_depths)
                                     for ci, co, k in zip(cins, CHANNELS, kernels))
@@ -108,7 +117,7 @@ class SparseEncoder(nn.Module):
     def forward(self, lidar: torch.Tensor) -> list[torch.Tensor]:
         mask = (lidar > 0).float()
         x = torch.where(lidar > 0, self.min_depth / lidar.clamp(min=self.min_depth), 0.0)   # inverse
-        features = []
+        features = [self.stage_full(x, mask)] if self.stage_full is not None else []
         for stage in self.stages:
             x, mask = F.max_pool2d(x, 2), F.max_pool2d(mask, 2)
             x = stage(x, mask)
@@ -128,13 +137,15 @@ class Fusion(nn.Module):
 
 
 class DepthDecoder(nn.Module):
-    def __init__(self, channels: tuple[int, ...], out_channels: int, num_scales: int) -> None:
+    def __init__(self, channels: tuple[int, ...], out_channels: int, num_scales: int, full_res: int) -> None:
         super().__init__()
         self.num_scales = num_scales
+        self.offset = 1 if full_res else 0
+        skips = ((full_res,) if full_res else ()) + CHANNELS
         self.up0, self.up1, self.heads = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for i in range(len(channels)):
             cin = CHANNELS[-1] if i == len(channels) - 1 else channels[i + 1]
-            skip = CHANNELS[i - 1] if i > 0 else 0
+            skip = skips[i + self.offset - 1] if i + self.offset > 0 else 0
             self.up0.append(ConvBlock(cin, channels[i], 3, bn=False))
             self.up1.append(ConvBlock(channels[i] + skip, channels[i], 3, bn=False))
         self.heads = nn.ModuleList(ConvBlock(channels[i], out_channels, 3, bn=False, relu=False)
@@ -144,8 +155,8 @@ class DepthDecoder(nn.Module):
         x, heads = features[-1], []
         for i in range(len(self.up0) - 1, -1, -1):
             x = F.interpolate(self.up0[i](x), scale_factor=2, mode="nearest")
-            if i > 0:
-                x = torch.cat([x, features[i - 1]], 1)
+            if i + self.offset > 0:
+                x = torch.cat([x, features[i + self.offset - 1]], 1)
             x = self.up1[i](x)
             if i < self.num_scales:
                 heads.append(torch.sigmoid(self.heads[i](x)))
@@ -155,13 +166,16 @@ class DepthDecoder(nn.Module):
 class ResNetSAN(nn.Module):
     def __init__(self, model_cfg, out_channels: int) -> None:
         super().__init__()
-        if model_cfg.full_res or model_cfg.film or model_cfg.encoder != "resnet18":
-            raise ValueError("the PyTorch reference is ResNet-18 without full_res or FiLM")
-        self.encoder = ResNet18Encoder()
-        self.san = (SparseEncoder(tuple(model_cfg.san_kernels), tuple(model_cfg.san_path_depths),
-                                  model_cfg.min_depth) if model_cfg.sparse else None)
-        self.fuse = nn.ModuleList(Fusion(c) for c in CHANNELS) if model_cfg.sparse else None
-        self.decoder = DepthDecoder(tuple(model_cfg.decoder_channels), out_channels, model_cfg.num_scales)
+        m = model_cfg
+        if m.film or m.encoder != "resnet18" or m.fill_prior or m.lidar_fill or m.lidar_encoding != "inverse":
+            raise ValueError("the PyTorch reference is ResNet-18 with an inverse-depth LiDAR input, "
+                             "without FiLM, fill channel or linear heads")
+        self.encoder = ResNet18Encoder(m.full_res)
+        self.san = (SparseEncoder(tuple(m.san_kernels), tuple(m.san_path_depths), m.min_depth, m.full_res)
+                    if m.sparse else None)
+        channels = ((m.full_res,) if m.full_res else ()) + CHANNELS
+        self.fuse = nn.ModuleList(Fusion(c) for c in channels) if m.sparse else None
+        self.decoder = DepthDecoder(tuple(m.decoder_channels), out_channels, m.num_scales, m.full_res)
 
     def forward(self, rgb: torch.Tensor, lidar: torch.Tensor | None, dual: bool = False):
         """Heads; with ``dual``, (fused heads, RGB-only heads, skip consistency gap)."""
@@ -299,7 +313,7 @@ def main() -> None:
         for variant in args.variants:
             cfg = load_config(args.config, args.overrides + [
                 f"data.height={h}", f"data.width={w}", f"data.batch_size={b}", "model.encoding=intfrac",
-                "model.fill_prior=false",
+                "model.fill_prior=false", "model.lidar_fill=false", "model.lidar_encoding=inverse",
                 f"model.sparse={'true' if variant == 'san' else 'false'}"])
             rows.append({"variant": variant, **compare(cfg, args.steps)})
 
