@@ -75,11 +75,13 @@ def main() -> None:
     depth = lambda heads: np.asarray(enc.decode(np.asarray(heads, np.float32)))
     rounded = lambda heads: np.rint(heads * 255.0) / 255.0
     lidar_enc = get_lidar_encoding(cfg.model)
+    sparse_input = next((n.output for n in graph.nodes if n.op == "input_sparse"), None)
 
-    def lidar_on_grid(lidar: np.ndarray) -> np.ndarray:
-        """Metres whose encoding is the uint8 grid's: what the INT8 model's input holds."""
-        x = np.asarray(lidar_enc.encode(lidar))
-        return np.asarray(lidar_enc.decode(np.stack([rounded(x[..., 0]), x[..., 1]], axis=-1)))
+    def lidar_on_grid(codes: dict) -> np.ndarray:
+        """Metres decoded from the integer forward's own LiDAR input codes."""
+        spec = graph.tensors[sparse_input]
+        x = (np.asarray(codes[sparse_input], np.float32) - spec.zero_point) * spec.scale
+        return np.asarray(lidar_enc.decode(x))
 
     names = ["fp32", "fp32, LiDAR input rounded", "fp32, head rounded", "fp32, input and head rounded",
              "integer, head unrounded", "integer"]
@@ -98,7 +100,7 @@ def main() -> None:
                    "integer, head unrounded": head_unrounded(graph, codes),
                    "integer": np.asarray(codes[graph.outputs[0]], np.float32) / 255.0}
         if cfg.model.sparse:
-            heads_q = np.clip(np.asarray(fp32(variables, rgb, lidar_on_grid(lidar))), 0.0, 1.0)
+            heads_q = np.clip(np.asarray(fp32(variables, rgb, lidar_on_grid(codes))), 0.0, 1.0)
             outputs.update({"fp32, LiDAR input rounded": heads_q, "fp32, input and head rounded": rounded(heads_q)})
         for name in names:
             d = depth(outputs[name])

@@ -68,6 +68,11 @@ class BasicBlock(nn.Module):
 CHANNELS = (64, 64, 128, 256, 512)
 
 
+def encoder_channels(full_res: int) -> tuple[int, ...]:
+    """Channels of the encoder's feature maps, finest first (the stride-1 stage if any)."""
+    return ((full_res,) if full_res else ()) + CHANNELS
+
+
 class ResNet18Encoder(nn.Module):
     def __init__(self, full_res: int) -> None:
         super().__init__()
@@ -137,11 +142,11 @@ class Fusion(nn.Module):
 
 
 class DepthDecoder(nn.Module):
-    def __init__(self, channels: tuple[int, ...], out_channels: int, num_scales: int, full_res: int) -> None:
+    def __init__(self, channels: tuple[int, ...], out_channels: int, num_scales: int,
+                 skips: tuple[int, ...]) -> None:
         super().__init__()
         self.num_scales = num_scales
-        self.offset = 1 if full_res else 0
-        skips = ((full_res,) if full_res else ()) + CHANNELS
+        self.offset = len(skips) - len(channels)   # 0, or 1 with a full-resolution map
         self.up0, self.up1, self.heads = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for i in range(len(channels)):
             cin = CHANNELS[-1] if i == len(channels) - 1 else channels[i + 1]
@@ -173,9 +178,9 @@ class ResNetSAN(nn.Module):
         self.encoder = ResNet18Encoder(m.full_res)
         self.san = (SparseEncoder(tuple(m.san_kernels), tuple(m.san_path_depths), m.min_depth, m.full_res)
                     if m.sparse else None)
-        channels = ((m.full_res,) if m.full_res else ()) + CHANNELS
+        channels = encoder_channels(m.full_res)
         self.fuse = nn.ModuleList(Fusion(c) for c in channels) if m.sparse else None
-        self.decoder = DepthDecoder(tuple(m.decoder_channels), out_channels, m.num_scales, m.full_res)
+        self.decoder = DepthDecoder(tuple(m.decoder_channels), out_channels, m.num_scales, channels)
 
     def forward(self, rgb: torch.Tensor, lidar: torch.Tensor | None, dual: bool = False):
         """Heads; with ``dual``, (fused heads, RGB-only heads, skip consistency gap)."""
