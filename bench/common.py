@@ -68,5 +68,6 @@ def time_steps(cfg, steps: int, qat: bool = False) -> dict:
         times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
     return {"height": d.height, "width": d.width, "batch": d.batch_size, "qat": qat,
+            "last_loss": float(stats["loss"]),
             "first_step_s": round(compile_s, 2), "step_s": round(step_s, 3),
             "images_per_s": round(d.batch_size / step_s, 2)}

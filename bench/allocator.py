@@ -1,0 +1,85 @@
+"""The default train step under glibc's malloc and under tcmalloc, in alternating processes.
+
+XLA:CPU allocates and frees its buffers every step; glibc's malloc hands large ones back
+to the kernel, which then faults the pages in afresh (zeroed) on the next step. tcmalloc
+keeps them. The allocator is chosen when a process starts (``LD_PRELOAD``), so each
+measurement is its own process, the two alternating; each prints its median step time,
+its page faults and system CPU time over the timed steps, and the last step's loss, which
+must be the same under both (the allocator does not change the arithmetic).
+
+tcmalloc is not a Python package: on Debian/Ubuntu ``apt install libtcmalloc-minimal4``.
+Prints a table and one JSON line. Usage:
+    python bench/allocator.py [--rounds 3] [--steps 5] [--tcmalloc PATH] [--set k=v ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4",
+            "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
+
+
+def worker(config: str, steps: int, overrides: list[str]) -> None:
+    """One measurement, in this process: one JSON line on stdout."""
+    from common import time_steps
+
+    from jaxdepth.cli import setup_jax
+    from jaxdepth.config import load_config
+    setup_jax()
+    cfg = load_config(config, overrides)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    r = time_steps(cfg, steps)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({**r, "page_faults": after.ru_minflt - before.ru_minflt,
+                      "sys_s": round(after.ru_stime - before.ru_stime, 2)}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--tcmalloc", default=next((p for p in TCMALLOC if Path(p).is_file()), None))
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.config, args.steps, args.overrides)
+    if not args.tcmalloc or not Path(args.tcmalloc).is_file():
+        sys.exit("no tcmalloc library found: install libtcmalloc-minimal4 or pass --tcmalloc PATH")
+
+    cmd = [sys.executable, __file__, "--worker", "--config", args.config, "--steps", str(args.steps)]
+    cmd += [x for o in args.overrides for x in ("--set", o)]
+    runs: dict[str, list[dict]] = {"glibc": [], "tcmalloc": []}
+    for _ in range(args.rounds):
+        for name, preload in (("glibc", ""), ("tcmalloc", args.tcmalloc)):
+            env = {**os.environ, "LD_PRELOAD": preload}
+            out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+            runs[name].append(json.loads(out.strip().splitlines()[-1]))
+    rows = {name: {"step_s": statistics.median(r["step_s"] for r in rs),
+                   "step_s_all": [r["step_s"] for r in rs],
+                   "page_faults": statistics.median(r["page_faults"] for r in rs),
+                   "sys_s": statistics.median(r["sys_s"] for r in rs),
+                   "last_loss": sorted({r["last_loss"] for r in rs})} for name, rs in runs.items()}
+    ratios = [t / g for t, g in zip(rows["tcmalloc"]["step_s_all"], rows["glibc"]["step_s_all"])]
+    same = rows["glibc"]["last_loss"] == rows["tcmalloc"]["last_loss"]
+    print(f"{'allocator':<10}{'step s':>8}{'steps (each process)':>30}{'page faults':>13}{'sys s':>7}")
+    for name, r in rows.items():
+        each = " ".join(f"{t:.3f}" for t in r["step_s_all"])
+        print(f"{name:<10}{r['step_s']:>8.3f}{each:>30}{r['page_faults']:>13.0f}{r['sys_s']:>7.2f}")
+    print(f"tcmalloc / glibc per round: {' '.join(f'{x:.2f}' for x in ratios)}; "
+          f"last losses {'identical' if same else 'DIFFER'}: {rows['glibc']['last_loss']}")
+    from common import machine
+    print(json.dumps({"bench": "allocator", "machine": machine(), "tcmalloc": args.tcmalloc,
+                      "results": rows, "ratios": ratios, "losses_identical": same}))
+
+
+if __name__ == "__main__":
+    main()
