@@ -4,8 +4,8 @@ XLA:CPU allocates and frees its buffers every step; glibc's malloc hands large o
 to the kernel, which then faults the pages in afresh (zeroed) on the next step. tcmalloc
 keeps them. The allocator is chosen when a process starts (``LD_PRELOAD``), so each
 measurement is its own process, the two alternating; each prints its median step time,
-its page faults and system CPU time over the timed steps, and the last step's loss, which
-must be the same under both (the allocator does not change the arithmetic).
+its page faults and system CPU time over all its steps (the first compiles), and the last
+step's loss, which must be the same under both (the allocator does not change the arithmetic).
 
 tcmalloc is not a Python package: on Debian/Ubuntu ``apt install libtcmalloc-minimal4``.
 Prints a table and one JSON line. Usage:
