@@ -22,36 +22,34 @@ import subprocess
 import sys
 from pathlib import Path
 
+from common import bench_args, machine, time_steps
+
 TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4",
             "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
 
 
-def worker(config: str, steps: int, overrides: list[str]) -> None:
-    """One measurement, in this process: one JSON line on stdout."""
-    from common import time_steps
+def allocator_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tcmalloc", default=next((p for p in TCMALLOC if Path(p).is_file()), None))
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
-    from jaxdepth.cli import setup_jax
+
+def worker(args: argparse.Namespace) -> None:
+    """One measurement, in this process: one JSON line on stdout."""
     from jaxdepth.config import load_config
-    setup_jax()
-    cfg = load_config(config, overrides)
+
+    cfg = load_config(args.config, args.overrides)
     before = resource.getrusage(resource.RUSAGE_SELF)
-    r = time_steps(cfg, steps)
+    r = time_steps(cfg, args.steps)
     after = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({**r, "page_faults": after.ru_minflt - before.ru_minflt,
                       "sys_s": round(after.ru_stime - before.ru_stime, 2)}))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/default.yaml")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--tcmalloc", default=next((p for p in TCMALLOC if Path(p).is_file()), None))
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = bench_args(__doc__, extra=allocator_args)
     if args.worker:
-        return worker(args.config, args.steps, args.overrides)
+        return worker(args)
     if not args.tcmalloc or not Path(args.tcmalloc).is_file():
         sys.exit("no tcmalloc library found: install libtcmalloc-minimal4 or pass --tcmalloc PATH")
 
@@ -76,7 +74,6 @@ def main() -> None:
         print(f"{name:<10}{r['step_s']:>8.3f}{each:>30}{r['page_faults']:>13.0f}{r['sys_s']:>7.2f}")
     print(f"tcmalloc / glibc per round: {' '.join(f'{x:.2f}' for x in ratios)}; "
           f"last losses {'identical' if same else 'DIFFER'}: {rows['glibc']['last_loss']}")
-    from common import machine
     print(json.dumps({"bench": "allocator", "machine": machine(), "tcmalloc": args.tcmalloc,
                       "results": rows, "ratios": ratios, "losses_identical": same}))
 

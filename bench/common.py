@@ -4,14 +4,19 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from typing import Callable
 
 
-def bench_args(doc: str, repeats: str = "steps") -> argparse.Namespace:
-    """--config, --<repeats> (timed repetitions), --set of every benchmark; sets up JAX."""
+def bench_args(doc: str, repeats: str = "steps",
+               extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """--config, --<repeats> (timed repetitions), --set of every benchmark, and the
+    arguments ``extra`` adds; sets up JAX."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument(f"--{repeats}", type=int, default=5)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    if extra:
+        extra(parser)
     args = parser.parse_args()
     from jaxdepth.cli import setup_jax
     setup_jax()
