@@ -12,7 +12,7 @@ activation between them (the network's INT8 noise). Rows separate them, each the
 * ``fp32, input and head rounded``: both grids, the FP32 network between them.
 * ``integer, head unrounded``: the integer forward up to the head's conv, whose exact
   int32 accumulator then goes through the head in float (sigmoid, or the linear head's
-  sum with the fill), unrounded: the network's INT8 noise alone.
+  correction added to the host's fill), unrounded: the network's INT8 noise alone.
 * ``integer``: the integer forward's head codes (what ``eval.py`` reports).
 
 Prints a table and one JSON line. Usage:
@@ -26,7 +26,7 @@ import numpy as np
 from common import machine, run_args
 
 
-def head_unrounded(graph, codes: dict) -> np.ndarray:
+def head_unrounded(graph, codes: dict, prior, fill: np.ndarray) -> np.ndarray:
     """The head in float from the integer forward's input to its last conv."""
     import jax
     import jax.numpy as jnp
@@ -35,7 +35,7 @@ def head_unrounded(graph, codes: dict) -> np.ndarray:
 
     nodes = {n.output: n for n in graph.nodes}
     head = nodes[graph.outputs[0]]
-    conv = nodes[head.inputs[0]]
+    conv = head if head.op == "conv" else nodes[head.inputs[0]]
     x, spec = codes[conv.inputs[0]], graph.tensors[conv.inputs[0]]
     p, pad = conv.int_params, conv.attrs["padding"]
     acc = iops.conv_accumulate(jnp.asarray(x, jnp.int32) - spec.zero_point, jnp.asarray(p["weight"]),
@@ -43,10 +43,7 @@ def head_unrounded(graph, codes: dict) -> np.ndarray:
     y = np.asarray(acc + p["bias"], np.float64) * (spec.scale * np.asarray(p["weight_scale"], np.float64))
     if head.op == "sigmoid":
         return np.asarray(jax.nn.sigmoid(y))
-    fill = graph.tensors[head.inputs[1]]
-    f = head.float_params
-    fill_value = (np.asarray(codes[head.inputs[1]], np.float64) - fill.zero_point) * fill.scale
-    return np.clip(y * f["gate_rgb"] + fill_value * f["gate_sparse"] + f["bias"], 0.0, 1.0)
+    return np.asarray(prior.head(jnp.asarray(y, jnp.float32), fill))
 
 
 def main() -> None:
@@ -56,7 +53,7 @@ def main() -> None:
     from jaxdepth import checkpoint
     from jaxdepth.config import config_from_dict
     from jaxdepth.data.sources import eval_pipeline
-    from jaxdepth.encodings import get_encoding, get_lidar_encoding
+    from jaxdepth.encodings import get_encoding, get_fill_prior, get_lidar_encoding, output_decoder, output_grid
     from jaxdepth.export.compare import BANDS, band_name, deviation_stats
     from jaxdepth.export.exporter import export_graph
     from jaxdepth.export.integer import make_intermediates
@@ -70,11 +67,12 @@ def main() -> None:
     graph = export_graph(cfg, variables, cfg.data.height, cfg.data.width, cfg.model.sparse)
     intermediates = make_intermediates(graph)
     model = build_model(cfg.model)
-    fp32 = jax.jit(lambda v, rgb, lidar: model.apply(v, rgb, lidar if cfg.model.sparse else None,
-                                                     train=False)[0])
+    fp32 = jax.jit(lambda v, rgb, lidar, host: model.apply(v, rgb, lidar if cfg.model.sparse else None,
+                                                           train=False, host_lidar=host)[0])
     depth = lambda heads: np.asarray(enc.decode(np.asarray(heads, np.float32)))
-    rounded = lambda heads: np.rint(heads * 255.0) / 255.0
-    lidar_enc = get_lidar_encoding(cfg.model)
+    lidar_enc, prior = get_lidar_encoding(cfg.model), get_fill_prior(cfg.model)
+    decode, rounded = output_decoder(cfg.model, cfg.model.sparse), output_grid(cfg.model, cfg.model.sparse)
+    on_output_grid = lambda heads, lidar: np.asarray(rounded(heads, lidar))
     sparse_input = next((n.output for n in graph.nodes if n.op == "input_sparse"), None)
 
     def lidar_on_grid(codes: dict) -> np.ndarray:
@@ -92,18 +90,21 @@ def main() -> None:
     gts = []
     for batch in eval_pipeline(cfg, args.split).epoch(0):
         rgb, lidar, gt = batch["rgb"], batch["lidar"], batch["depth"]
-        heads = np.clip(np.asarray(fp32(variables, rgb, lidar)), 0.0, 1.0)
+        fill = np.asarray(lidar_enc.fill_channel(lidar)) if prior is not None else None
+        heads = np.asarray(fp32(variables, rgb, lidar, None))
         codes = intermediates(rgb, lidar)
-        ref = depth(heads)
         mask = np.asarray(valid_mask(gt, enc.min_depth, enc.max_depth, cfg.eval.garg_crop))
-        outputs = {"fp32": heads, "fp32, head rounded": rounded(heads),
-                   "integer, head unrounded": head_unrounded(graph, codes),
-                   "integer": np.asarray(codes[graph.outputs[0]], np.float32) / 255.0}
+        outputs = {"fp32": depth(heads), "fp32, head rounded": on_output_grid(heads, lidar),
+                   "integer, head unrounded": depth(head_unrounded(graph, codes, prior, fill)),
+                   "integer": np.asarray(decode(codes[graph.outputs[0]], lidar))}
         if cfg.model.sparse:
-            heads_q = np.clip(np.asarray(fp32(variables, rgb, lidar_on_grid(codes))), 0.0, 1.0)
-            outputs.update({"fp32, LiDAR input rounded": heads_q, "fp32, input and head rounded": rounded(heads_q)})
+            # the network sees the LiDAR on its input grid; the host's fill stays exact
+            heads_q = np.asarray(fp32(variables, rgb, lidar_on_grid(codes), lidar))
+            outputs.update({"fp32, LiDAR input rounded": depth(heads_q),
+                            "fp32, input and head rounded": on_output_grid(heads_q, lidar)})
+        ref = outputs["fp32"]
         for name in names:
-            d = depth(outputs[name])
+            d = outputs[name]
             scores[name].add(*image_metrics(d, gt, enc.min_depth, enc.max_depth, cfg.eval.garg_crop))
             if name in rows:
                 rows[name].append(np.abs(d - ref)[mask] * 1000.0)

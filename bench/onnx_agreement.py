@@ -1,6 +1,7 @@
 """The exported ONNX models in onnxruntime against jaxdepth, on a data split of a run.
 
-* FP32 model vs the JAX FP32 forward: max |difference| of the head outputs.
+* FP32 model vs the JAX FP32 forward: max |difference| of the head values (for linear
+  heads over the fill, the graph's correction plus the host's fill).
 * INT8 QDQ model (onnxruntime's own quantized kernels, fed jaxdepth's input codes) vs
   jaxdepth's integer forward: share of equal head codes and the largest difference.
 * Integer model (the artifact's integer arithmetic in ONNX integer ops) vs jaxdepth's
@@ -24,6 +25,7 @@ def main() -> None:
     from jaxdepth import checkpoint
     from jaxdepth.config import config_from_dict
     from jaxdepth.data.sources import eval_pipeline
+    from jaxdepth.encodings import get_fill_prior, get_lidar_encoding
     from jaxdepth.export import onnx as xonnx
     from jaxdepth.export.compare import code_agreement
     from jaxdepth.export.exporter import export_graph
@@ -37,6 +39,7 @@ def main() -> None:
     graph = export_graph(cfg, variables, cfg.data.height, cfg.data.width, use_lidar=True)
     forward = make_integer_forward(graph)
     model = build_model(cfg.model)
+    prior, lidar_enc = get_fill_prior(cfg.model), get_lidar_encoding(cfg.model)
     fp32 = jax.jit(lambda v, rgb, lidar: model.apply(v, rgb, lidar, train=False)[0])
     sessions = {name: xonnx.session(m) for name, m in (
         ("fp32", xonnx.to_fp32(graph, enc)),
@@ -47,6 +50,8 @@ def main() -> None:
     for batch in eval_pipeline(cfg, args.split).epoch(0):
         rgb, lidar = batch["rgb"], batch["lidar"]
         heads = xonnx.heads(sessions["fp32"], graph, enc, xonnx.feeds(graph, rgb, lidar))
+        if prior is not None:   # the graph outputs the correction z; the host adds its fill
+            heads = np.asarray(prior.head(heads, lidar_enc.fill_channel(lidar)))
         max_abs = max(max_abs, float(np.abs(heads - np.asarray(fp32(variables, rgb, lidar))).max()))
         codes = xonnx.code_feeds(graph, rgb, lidar)
         for name in got:

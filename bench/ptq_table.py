@@ -71,21 +71,21 @@ def with_preset(cfg, preset: str):
 
 
 def output_floor(evaluator, variables: dict, split: str) -> dict:
-    """Metrics of the FP32 network whose head output alone is rounded to uint8 codes (by
-    the INT8 head's own quantizer)."""
+    """Metrics of the FP32 network whose head output alone is rounded to the INT8 graph's
+    output codes (``encodings.output_grid``)."""
     import jax
 
     from jaxdepth.data.sources import eval_pipeline
-    from jaxdepth.encodings import decode_codes
+    from jaxdepth.encodings import output_grid
     from jaxdepth.evaluate import evaluate
-    from jaxdepth.quant.integer_ops import head_codes
 
     cfg, model, enc = evaluator.cfg, evaluator.models["float"], evaluator.encoding
+    rounded = output_grid(cfg.model, cfg.model.sparse)
 
     @jax.jit
     def predict(variables, rgb, lidar):
         heads = model.apply(variables, rgb, lidar if cfg.model.sparse else None, train=False)
-        return decode_codes(enc, head_codes(heads[0]))
+        return rounded(heads[0], lidar)
 
     return evaluate(predict, variables, eval_pipeline(cfg, split).epoch(0), cfg.eval.batch_size, enc,
                     cfg.eval.garg_crop, median_scaling=False)["metrics"]

@@ -27,6 +27,7 @@ class ModelConfig:
     lidar_encoding: str = "inverse"           # see jaxdepth.encodings.LidarEncoding
     lidar_fill: bool = False                   # add the nearest-return fill as an input channel
     fill_prior: bool = False                   # LiDAR pass: linear heads adding the fill (encodings.fill_prior)
+    correction_curve: float = 0.0              # k of those heads' companded output (encodings.FillCorrection); 0: linear
     min_depth: float = 0.5
     max_depth: float = 15.0
     sparse: bool = True                        # build the sparse auxiliary network (SAN)
@@ -192,9 +193,9 @@ def validate(cfg: Config) -> Config:
         if not ok:
             raise ConfigError(f"{key}: {value!r} is not allowed; it must be {allowed}")
     if m.fill_prior and m.sparse:          # without a SAN there is no LiDAR pass to act on
-        from jaxdepth.encodings import fill_prior, get_encoding, get_lidar_encoding
+        from jaxdepth.encodings import get_fill_prior
         try:
-            fill_prior(get_encoding(m), get_lidar_encoding(m))
+            get_fill_prior(m)
         except ValueError as e:
             raise ConfigError(str(e)) from e
     return cfg

@@ -23,11 +23,11 @@ from jaxdepth.quant.freeze import freeze
 
 def _on_input_codes(model: nn.Module, fn: Callable, use_lidar: bool) -> Callable:
     """``fn`` of a fake-quant model fed inputs quantized by ``input_codes``, as the integer
-    runtime's are."""
+    runtime's are, and the LiDAR in metres for the host's share (``host_lidar``)."""
     def run(variables, rgb, lidar):
-        q_rgb, q_sparse = input_codes(rgb, lidar if use_lidar else None,
-                                      model.quant.scheme.activation, model.lidar_encoding)
-        return fn(variables, q_rgb, q_sparse)
+        lidar = lidar if use_lidar else None
+        q_rgb, q_sparse = input_codes(rgb, lidar, model.quant.scheme.activation, model.lidar_encoding)
+        return fn(variables, q_rgb, q_sparse, lidar)
     return run
 
 
@@ -38,20 +38,23 @@ def make_predict(model: nn.Module, encoding: Encoding, use_lidar: bool) -> Calla
     of ``quant.freeze`` to run the integer parameters the export holds.
     """
     @jax.jit
-    def predict(variables, rgb, lidar):
-        heads = model.apply(variables, rgb, lidar if use_lidar else None, train=False)
+    def predict(variables, rgb, lidar, host_lidar=None):
+        heads = model.apply(variables, rgb, lidar if use_lidar else None, train=False,
+                            host_lidar=host_lidar)
         return encoding.decode(heads[0])
 
     return _on_input_codes(model, predict, use_lidar) if model.quant.fake else predict
 
 
 def make_head_codes(model: nn.Module, use_lidar: bool) -> Callable:
-    """``(variables, rgb, lidar) -> int32 head codes (B, H, W, C)`` of a fake-quant model,
-    comparable code for code with the integer forward's."""
+    """``(variables, rgb, lidar) -> int32 output codes (B, H, W, C)`` of a fake-quant model
+    (the codes its scale-0 head sows), comparable code for code with the integer forward's."""
     @jax.jit
-    def codes(variables, rgb, lidar):
-        heads = model.apply(variables, rgb, lidar, train=False)
-        return jnp.rint(heads[0] * 255.0).astype(jnp.int32)
+    def codes(variables, rgb, lidar, host_lidar):
+        _, state = model.apply(variables, rgb, lidar, train=False, host_lidar=host_lidar,
+                               mutable=["intermediates"])
+        (head_codes,) = jax.tree.leaves(state["intermediates"])
+        return head_codes
 
     return _on_input_codes(model, codes, use_lidar)
 

@@ -53,7 +53,7 @@ def load_model(path: str | Path) -> DepthModel:
 def _load_export(path: Path) -> DepthModel:
     import jax.numpy as jnp
 
-    from jaxdepth.encodings import decode_codes, get_encoding
+    from jaxdepth.encodings import get_encoding, output_decoder
     from jaxdepth.export import artifact
     from jaxdepth.export.integer import make_integer_forward
 
@@ -63,10 +63,11 @@ def _load_export(path: Path) -> DepthModel:
     _, height, width, _ = graph.tensors[ops["input_rgb"]].shape
     forward = make_integer_forward(graph)
     takes_lidar = "input_sparse" in ops
+    decode = output_decoder(cfg.model, takes_lidar)
 
     def predict(rgb: np.ndarray, lidar: np.ndarray | None) -> np.ndarray:
-        codes = forward(jnp.asarray(rgb), None if lidar is None else jnp.asarray(lidar))
-        return np.asarray(decode_codes(enc, codes))[0]
+        lidar = None if lidar is None else jnp.asarray(lidar)
+        return np.asarray(decode(forward(jnp.asarray(rgb), lidar), lidar))[0]
 
     return DepthModel(predict, height, width, enc.min_depth, enc.max_depth, takes_lidar, True,
                       f"integer INT8 export {path}")

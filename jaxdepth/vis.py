@@ -13,14 +13,13 @@ import math
 from pathlib import Path
 from typing import Callable, Iterable
 
-import jax
 import numpy as np
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from jaxdepth.checkpoint import has_ranges
 from jaxdepth.data.sources import eval_pipeline
-from jaxdepth.encodings import decode_codes
+from jaxdepth.encodings import output_decoder
 from jaxdepth.evaluate import Evaluator, pad_batch
 from jaxdepth.export.exporter import ExportError, export_graph
 from jaxdepth.export.integer import make_integer_forward
@@ -225,8 +224,8 @@ def save_eval_pictures(evaluator: Evaluator, variables: dict, split: str, out_di
         try:
             graph = export_graph(cfg, variables, cfg.data.height, cfg.data.width, use_lidar)
             forward = make_integer_forward(graph)
-            decode = jax.jit(lambda codes: decode_codes(enc, codes))
-            int8 = batched(lambda rgb, lidar: decode(forward(rgb, lidar)))
+            decode = output_decoder(cfg.model, use_lidar)
+            int8 = batched(lambda rgb, lidar: decode(forward(rgb, lidar), lidar))
         except ExportError:
             int8 = batched(evaluator.predictor("fake", use_lidar), freeze(evaluator.models["fake"], variables, use_lidar))
             label = "INT8 fake-quant"

@@ -209,10 +209,61 @@ def test_fill_prior_maps_the_lidar_nearness_onto_the_head_exactly(kind):
 
     head = {"log": LogDepth(0.5, 15.0), "inverse": InverseDepth(0.5, 15.0)}[kind]
     lidar = LidarEncoding(kind, 0.5, 15.0, fill=True)
-    a, b = fill_prior(head, lidar)
+    prior = fill_prior(head, lidar, k=5.0)
     depth = jnp.linspace(0.5, 15.0, 1001)
     near = lidar.encode(depth[None, None])[0, 0, :, 0]
-    np.testing.assert_allclose(a * near + b, head.encode(depth)[:, 0], atol=2e-6)
+    np.testing.assert_allclose(prior.a * near + prior.b, head.encode(depth)[:, 0], atol=2e-6)
+    np.testing.assert_allclose(prior.head(jnp.zeros_like(near), near), head.encode(depth)[:, 0], atol=2e-6)
+
+
+@pytest.mark.parametrize("k", [0.0, 5.0])
+def test_fill_correction_companding(k):
+    from jaxdepth.encodings import FillCorrection
+
+    c = FillCorrection(-1.0, 1.0, k)
+    t = jnp.linspace(-1.0, 1.0, 2001)
+    np.testing.assert_allclose(c.expand(c.compress(t)), t, atol=2e-6)
+    # The ends reach a correction of the whole range; beyond them the value saturates.
+    np.testing.assert_allclose(c.expand(jnp.array([-7.0, -1.0, 0.0, 1.0, 7.0])), [-1, -1, 0, 1, 1], atol=1e-6)
+    # One code of the uint8 grid over [-1, 1] (2 / 255) next to 0 and at the end.
+    step = 2.0 / 255.0
+    near0, end = float(c.expand(jnp.float32(step))), 1.0 - float(c.expand(jnp.float32(1.0 - step)))
+    if k == 0:
+        assert near0 == pytest.approx(step) and end == pytest.approx(step, rel=1e-4)
+    else:   # k / sinh(k) per unit of z next to 0: 7.5x finer than linear; 5x coarser at the end
+        assert near0 == pytest.approx(step * 5.0 / np.sinh(5.0), rel=1e-3)
+        assert end == pytest.approx(step * 5.0 / np.tanh(5.0), rel=0.05)
+    # The gradient at z = 0 (where a zero-initialised head starts) is not 0.
+    assert float(jax.grad(lambda z: c.expand(z))(0.0)) == pytest.approx(1.0 if k == 0 else 5.0 / np.sinh(5.0), rel=1e-5)
+
+
+def test_output_decoder_adds_the_host_fill_to_the_correction_codes():
+    from jaxdepth.encodings import output_decoder
+    from jaxdepth.quant import integer_ops as iops
+    from jaxdepth.quant import numerics as qn
+
+    cfg = tiny_cfg(Path("data"), Path("run"), model__encoding="log", model__lidar_encoding="log",
+                   model__lidar_fill=True, model__fill_prior=True, model__correction_curve=5.0)
+    lidar = np.zeros((1, 4, 6), np.float32)
+    lidar[0, 1, 1], lidar[0, 2, 4] = 1.2345, 9.8765
+    decode = output_decoder(cfg.model, use_lidar=True)
+    zero = int(qn.fixed_qparams(*iops.CORRECTION_RANGE, iops.HEAD_FORMAT)[1])
+    # The zero point's code is z = 0: nearest fill at full float precision, not on the
+    # input's 8-bit grid.
+    at_fill = np.asarray(decode(np.full((1, 4, 6, 1), zero, np.int32), lidar))
+    np.testing.assert_allclose(at_fill[0, 1, :3], 1.2345, rtol=1e-5)
+    np.testing.assert_allclose(at_fill[0, 2, 3:], 9.8765, rtol=1e-5)
+    # The extreme codes stay finite and inside [min, max]; one code up from 128 is a
+    # correction of k / sinh(k) * 2 / 255 of the log range (0.18 % of the depth) up to float
+    # rounding of the grid's scale.
+    for code in (0, 255):
+        d = np.asarray(decode(np.full((1, 4, 6, 1), code, np.int32), lidar))
+        assert np.all(np.isfinite(d)) and d.min() >= 0.5 and d.max() <= 15.0
+    up = np.asarray(decode(np.full((1, 4, 6, 1), zero + 1, np.int32), lidar))
+    np.testing.assert_allclose(up / at_fill, np.exp(np.log(30.0) * 2 / 255 * 5 / np.sinh(5.0)), rtol=1e-4)
+    # The monocular graph outputs sigmoid codes: value = code / 255.
+    mono = output_decoder(cfg.model, use_lidar=False)(np.full((1, 4, 6, 1), 255, np.int32), None)
+    np.testing.assert_allclose(mono, 15.0, rtol=1e-5)
 
 
 def test_fill_prior_refuses_pairs_without_an_affine_map():

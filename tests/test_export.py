@@ -63,14 +63,22 @@ def exported(data_root: Path, preset: str, condition: str = "ptq") -> tuple:
 
 
 @functools.cache
+@functools.cache
 def prior_exported(data_root: Path) -> tuple:
     """(cfg, variables, graph) of a model with linear heads over the LiDAR fill
-    (``model.fill_prior``), min-max ranges."""
+    (``model.fill_prior``, companded correction), min-max ranges. The head conv, which
+    starts at 0, gets random weights, so its corrections differ from pixel to pixel."""
     cfg = tiny_cfg(data_root, data_root.parent / "unused_run", model__encoding="log",
-                   model__lidar_encoding="log", model__lidar_fill=True, model__fill_prior=True)
+                   model__lidar_encoding="log", model__lidar_fill=True, model__fill_prior=True,
+                   model__correction_curve=5.0)
     model = build_model(cfg.model)
     variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, H, W, 3)), jnp.zeros((1, H, W))))(
         jax.random.PRNGKey(0))
+    conv = variables["params"]["decoder"]["fill_head0"]["conv"]
+    conv = {**conv, "kernel": 0.05 * jax.random.normal(jax.random.PRNGKey(1), conv["kernel"].shape)}
+    params = {**variables["params"], "decoder": {**variables["params"]["decoder"],
+                                                 "fill_head0": {"conv": conv}}}
+    variables = {**variables, "params": params}
     variables = {**variables, "quant": calibrate(model, variables, eval_pipeline(cfg, "calib").epoch(0),
                                                  use_lidar=True)}
     return cfg, variables, export_graph(cfg, variables, H, W)
@@ -243,27 +251,36 @@ def test_full_resolution_skip_and_filled_log_lidar_input_export_exactly(tiny_dat
 
 
 def test_linear_heads_over_the_fill_export_exactly_with_and_without_lidar(tiny_data):
-    from jaxdepth.evaluate import make_head_codes
+    from jaxdepth.encodings import get_encoding, output_decoder
+    from jaxdepth.evaluate import make_head_codes, make_predict
     from jaxdepth.models import quant_for
     from jaxdepth.quant.freeze import freeze
 
     cfg, variables, graph = prior_exported(tiny_data)
-    head = {n.name: n for n in graph.nodes}["decoder/fill_head0/prior"]
-    assert graph.outputs == ["decoder/fill_head0/prior"] and head.op == "fusion"
-    assert head.inputs == ["decoder/fill_head0/conv", "san/fill"]
-    assert graph.tensors["decoder/fill_head0/prior"].fmt == qn.UINT8
-    # coefficients 1 and a = -255/254 held exactly by one int8 code each; b = 255/254 = 256 codes
-    assert head.int_params["coeff0"].tolist() == [127] and head.int_params["coeff1"].tolist() == [-127]
-    assert head.int_params["bias"].tolist() == [256]
+    # The LiDAR graph ends in the correction's conv, uint8 over the fixed range [-1, 1];
+    # the fill is added on the host.
+    assert graph.outputs == ["decoder/fill_head0/conv"]
+    out = graph.tensors["decoder/fill_head0/conv"]
+    assert out.fmt == qn.UINT8 and out.scale == pytest.approx(2 / 255) and out.zero_point == 127
+    assert artifact.output_names(graph, "log") == ("fill_correction",)
+    manifest = artifact.manifest(graph, cfg)
+    assert manifest["encoding"]["fill_correction"]["k"] == 5.0
+    assert manifest["outputs"][0]["channel_names"] == ["fill_correction"]
     mono = export_graph(cfg, variables, H, W, use_lidar=False)
     assert mono.outputs == ["decoder/head0/sigmoid"]               # the RGB-only pass's own head
     fake = build_model(cfg.model, quant_for(cfg, "fake"))
     b = first_test_batch(cfg)
     for use_lidar, g in ((True, graph), (False, mono)):
         lidar = b["lidar"] if use_lidar else None
-        want = np.asarray(make_head_codes(fake, use_lidar)(freeze(fake, variables, use_lidar), b["rgb"], b["lidar"]))
+        frozen = freeze(fake, variables, use_lidar)
+        want = np.asarray(make_head_codes(fake, use_lidar)(frozen, b["rgb"], b["lidar"]))
         got = np.asarray(make_integer_forward(g)(b["rgb"], lidar), np.int32)
         np.testing.assert_array_equal(got, want)
+        assert len(np.unique(got)) > 20
+        # The host's decode of the integer codes is the fake-quant model's own depth.
+        depth = output_decoder(cfg.model, use_lidar)(got, lidar)
+        fake_depth = make_predict(fake, get_encoding(cfg.model), use_lidar)(frozen, b["rgb"], b["lidar"])
+        np.testing.assert_allclose(np.asarray(depth), np.asarray(fake_depth), rtol=1e-6)
 
 
 def test_film_has_no_int8_form(tiny_data):
@@ -331,7 +348,7 @@ def test_artifact_is_under_a_third_of_the_fp32_model(saved):
 def test_manifest_documents_every_layer(saved):
     out, _ = saved
     man = json.loads((out / "manifest.json").read_text())
-    assert man["format"] == "jaxdepth-int8" and man["format_version"] == 1
+    assert man["format"] == "jaxdepth-int8" and man["format_version"] == 2
     assert {"config", "encoding", "quantization", "inputs", "outputs", "layers", "files",
             "fp32_reference"} <= set(man)
     assert man["encoding"]["name"] == "intfrac" and man["encoding"]["max_depth"] == 15.0

@@ -17,8 +17,7 @@ EXPECTED = [(64, 2), (64, 4), (128, 8), (256, 16), (512, 32)]
 def feature_shapes(module, x):
     def run(x):
         variables = module.init(jax.random.PRNGKey(0), x)
-        out = module.apply(variables, x)
-        return out[0] if isinstance(module, SparseEncoder) else out
+        return module.apply(variables, x)
     return [f.shape for f in jax.eval_shape(run, x)]
 
 

@@ -124,15 +124,20 @@ def test_qdq_layers_in_onnxruntime_match_integer_layers(tiny_data, preset):
 
 
 def test_linear_heads_over_the_fill_in_onnxruntime(tiny_data):
+    from jaxdepth.encodings import get_fill_prior, get_lidar_encoding
+
     cfg, variables, graph = prior_exported(tiny_data)
     model = build_model(cfg.model)
+    prior, lidar_enc = get_fill_prior(cfg.model), get_lidar_encoding(cfg.model)
     fp32_heads = jax.jit(lambda v, rgb, lidar: model.apply(v, rgb, lidar)[0])
     fp32 = xonnx.session(xonnx.to_fp32(graph, "log"))
     integer = xonnx.session(xonnx.to_integer(graph, "log"))
+    assert [o.name for o in fp32.get_outputs()] == ["fill_correction"]
     forward = make_integer_forward(graph)
     for batch in eval_pipeline(cfg, "test").epoch(0):
         want = np.asarray(fp32_heads(variables, batch["rgb"], batch["lidar"]))
-        got = xonnx.heads(fp32, graph, "log", xonnx.feeds(graph, batch["rgb"], batch["lidar"]))
+        z = xonnx.heads(fp32, graph, "log", xonnx.feeds(graph, batch["rgb"], batch["lidar"]))
+        got = np.asarray(prior.head(z, lidar_enc.fill_channel(batch["lidar"])))   # the host's sum
         assert np.abs(got - want).max() < 1e-4
         codes = xonnx.heads(integer, graph, "log", xonnx.code_feeds(graph, batch["rgb"], batch["lidar"]))
         np.testing.assert_array_equal(codes, np.asarray(forward(batch["rgb"], batch["lidar"])))

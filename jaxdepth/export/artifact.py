@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from jaxdepth.config import Config, config_from_dict, to_dict
-from jaxdepth.encodings import ENCODINGS, get_encoding
+from jaxdepth.encodings import ENCODINGS, get_encoding, get_fill_prior
 from jaxdepth.export.graph import Graph, Node, TensorSpec
 from jaxdepth.export.integer import storage_dtype
 from jaxdepth.quant import numerics as qn
 
 FORMAT = "jaxdepth-int8"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2     # 2: linear heads over the fill output their correction (encodings.FillCorrection)
 MANIFEST, WEIGHTS, FLOAT_WEIGHTS = "manifest.json", "weights.npz", "float_weights.npz"
 ROUNDING = ("Every rounding is to nearest, ties away from zero: round(x) = sign(x) * "
             "floor(|x| + 0.5). Requantization: y = round(acc * multiplier * 2**-(31 + shift)), "
@@ -54,6 +54,20 @@ def _param_specs(node: Node, params: dict[str, np.ndarray]) -> dict:
             for k, v in params.items()}
 
 
+def _encoding(graph: Graph, cfg: Config) -> dict:
+    """How the host turns the output codes into metres."""
+    enc = get_encoding(cfg.model)
+    out = {"name": enc.name, "channels": enc.channels, "min_depth": enc.min_depth,
+           "max_depth": enc.max_depth}
+    prior = get_fill_prior(cfg.model)
+    if prior is None or output_names(graph, enc.name) != ("fill_correction",):
+        return {**out, "decode": "depth_m = decode(head_codes / 255), see docs/export_format.md"}
+    return {**out, "fill_correction": {"a": prior.a, "b": prior.b, "k": prior.k},
+            "decode": "z = (code - zero_point) * scale; head = a * fill + b + sinh(k z) / sinh(k) "
+                      "(z when k = 0), fill = the host's float fill channel of the LiDAR input; "
+                      "depth_m = decode(head), see docs/export_format.md"}
+
+
 def manifest(graph: Graph, cfg: Config, fp32_parameters: int | None = None) -> dict:
     """The manifest of ``graph`` (see the module docstring)."""
     enc = get_encoding(cfg.model)
@@ -68,9 +82,7 @@ def manifest(graph: Graph, cfg: Config, fp32_parameters: int | None = None) -> d
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": to_dict(cfg),
-        "encoding": {"name": enc.name, "channels": enc.channels, "min_depth": enc.min_depth,
-                     "max_depth": enc.max_depth,
-                     "decode": "depth_m = decode(head_codes / 255), see docs/export_format.md"},
+        "encoding": _encoding(graph, cfg),
         "quantization": {
             "preset": scheme.name, "per_channel_weights": scheme.per_channel_weights,
             "activation_format": scheme.activation.name,
@@ -79,7 +91,7 @@ def manifest(graph: Graph, cfg: Config, fp32_parameters: int | None = None) -> d
             "rounding": ROUNDING,
         },
         "inputs": [{"name": name, **_quant(graph.tensors[name])} for name in graph.inputs],
-        "outputs": [{"name": name, "channel_names": list(head_names(enc.name, enc.channels)),
+        "outputs": [{"name": name, "channel_names": list(output_names(graph, enc.name)),
                      **_quant(graph.tensors[name])} for name in graph.outputs],
         "layers": layers,
         "files": {"weights": WEIGHTS, "float_weights": FLOAT_WEIGHTS},
@@ -93,14 +105,20 @@ def manifest(graph: Graph, cfg: Config, fp32_parameters: int | None = None) -> d
     return out
 
 
-def head_names(encoding: str, channels: int) -> tuple[str, ...]:
-    """Names of the head channels, as the encoding defines them (``depth_log``; ``int``,
-    ``frac``; ``coarse``, ``cos_4m``, ...)."""
-    names = ENCODINGS[encoding]().head_names
-    if len(names) != channels:
-        raise ValueError(f"encoding {encoding!r} has {len(names)} head channels, the graph {channels}")
+def output_names(graph: Graph, encoding: str) -> tuple[str, ...]:
+    """Names of the output's channels: the encoding's head channels (``depth_log``;
+    ``int``, ``frac``; ``coarse``, ``cos_4m``, ...), or ``fill_correction`` for the LiDAR
+    graph of linear heads over the fill, which ends in the correction's conv
+    (``encodings.FillCorrection``; the host adds the fill)."""
+    out = graph.outputs[0]
+    if next(n.op for n in graph.nodes if n.output == out) == "conv":
+        names = ("fill_correction",)
+    else:
+        names = ENCODINGS[encoding]().head_names
+    if len(names) != graph.tensors[out].shape[3]:
+        raise ValueError(f"encoding {encoding!r} has {len(names)} head channels, the graph "
+                         f"{graph.tensors[out].shape[3]}")
     return names
-
 
 
 def save(graph: Graph, cfg: Config, out_dir: str | Path, fp32_parameters: int | None = None) -> dict:

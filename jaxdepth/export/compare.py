@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdepth.data.sources import eval_pipeline
-from jaxdepth.encodings import decode_codes
+from jaxdepth.encodings import output_decoder
 from jaxdepth.evaluate import Evaluator, make_head_codes, pad_batch
 from jaxdepth.export.exporter import export_graph
 from jaxdepth.export.graph import Graph
@@ -56,7 +56,7 @@ def compare(evaluator: Evaluator, variables: dict, split: str, graph: Graph | No
     if graph is None:
         graph = export_graph(cfg, variables, cfg.data.height, cfg.data.width, use_lidar)
     forward = make_integer_forward(graph)
-    decode = jax.jit(lambda codes: decode_codes(enc, codes))
+    decode = output_decoder(cfg.model, use_lidar)
     fake = evaluator.models["fake"]
     fake_vars = freeze(fake, variables, use_lidar)
     fake_codes_of = make_head_codes(fake, use_lidar)
@@ -73,12 +73,12 @@ def compare(evaluator: Evaluator, variables: dict, split: str, graph: Graph | No
         gt = jnp.asarray(pad_batch(batch["depth"], bs))
         # both rows decoded by the same function: they differ only by the codes
         for name, c in (("int8 fake-quant", fake_c), ("int8 integer", codes)):
-            m, ok = metric_fn(decode(c), gt, enc.min_depth, enc.max_depth, cfg.eval.garg_crop, False)
+            m, ok = metric_fn(decode(c, lidar), gt, enc.min_depth, enc.max_depth, cfg.eval.garg_crop, False)
             accumulators[name].add(np.asarray(m)[:n], np.asarray(ok)[:n])
         int_codes.append(np.asarray(codes)[:n])
         fake_codes.append(np.asarray(fake_c)[:n])
         mask = np.asarray(valid_mask(gt, enc.min_depth, enc.max_depth, cfg.eval.garg_crop))[:n]
-        err = np.abs(np.asarray(decode(codes))[:n] - np.asarray(fp32(variables, rgb, lidar))[:n]) * 1000.0
+        err = np.abs(np.asarray(decode(codes, lidar))[:n] - np.asarray(fp32(variables, rgb, lidar))[:n]) * 1000.0
         errors.append(err[mask])
         gts.append(batch["depth"][mask])
     errors_mm, gt_m = np.concatenate(errors), np.concatenate(gts)

@@ -13,9 +13,10 @@ All are NCHW with a free batch dimension. Inputs of the FP32 and QDQ models:
 The integer model (and the QDQ model with ``code_inputs``) takes the input codes instead
 (``code_feeds``). Outputs are named after the head channels (``depth_log``; ``int`` and
 ``frac`` for the integer/fraction encoding, split from the 2-channel head), each
-(N, 1, H, W). The FP32 model outputs the head values (a sigmoid's in [0, 1]; a linear
-head's unclipped); the INT8 models output
-the uint8 head codes (value = code / 255), comparable code for code with
+(N, 1, H, W); the LiDAR graph of linear heads over the fill outputs ``fill_correction``,
+the correction z to which the host adds its fill (``encodings.output_decoder``). The FP32
+model outputs the head values (a sigmoid's in [0, 1]; z unclipped); the INT8 models output
+the uint8 codes (a sigmoid head's value = code / 255), comparable code for code with
 ``integer.make_integer_forward``.
 
 The FP32 model uses only Conv (explicit symmetric pads), Relu, MaxPool, Add, Mul,
@@ -27,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from jaxdepth.export.artifact import head_names
+from jaxdepth.export.artifact import output_names
 from jaxdepth.export.graph import Graph, Node
 from jaxdepth.export.integer import integer_params, make_input_codes
 from jaxdepth.encodings import LidarEncoding
@@ -140,10 +141,6 @@ def _fusion(b: _Builder, n: str, xs: list[str], gates: list[str], bias: str, out
     b.node("Add", [f"{n}/mixed", bias], [out], f"{n}/add_bias")
 
 
-def output_names(graph: Graph, encoding: str) -> tuple[str, ...]:
-    return head_names(encoding, graph.tensors[graph.outputs[0]].shape[3])
-
-
 def _head_tensor(graph: Graph, encoding: str) -> str:
     """Where the head's last op writes: a 1-channel head's output name itself."""
     names = output_names(graph, encoding)
@@ -178,7 +175,7 @@ def to_fp32(graph: Graph, encoding: str) -> onnx.ModelProto:
             continue
         elif node.op == "conv":
             _conv(b, node, xs[0], b.const(f"{n}/weight", _oihw(fp["weight"]).astype(np.float32)),
-                  b.const(f"{n}/bias", fp["bias"].astype(np.float32)), n)
+                  b.const(f"{n}/bias", fp["bias"].astype(np.float32)), head if n in graph.outputs else n)
         elif node.op == "add":
             name[n] = _add(b, n, xs, n, node.attrs["relu"])
         elif node.op == "fusion":

@@ -4,15 +4,16 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from jaxdepth.encodings import FillCorrection
 from jaxdepth.models.layers import FLOAT, Concat, Conv, Head, Quant, Tensor, Upsample, value
 
 
 class DepthDecoder(nn.Module):
     """For i = 4..0: conv3x3+ReLU, nearest x2, concat the skip at stride 2^i (i > 0, or
     i = 0 when the encoder has a full-resolution feature), conv3x3+ReLU; heads.
-    With ``prior``, the LiDAR pass ends in linear heads over ``fills`` (the fill channel
-    at each head's scale; ``layers.PriorSum``), and the RGB-only pass (``fills`` None),
-    which has no fill to correct, keeps its own sigmoid heads.
+    With ``prior``, the LiDAR pass ends in linear heads over ``fills`` (the host's float
+    fill channel at each head's scale; ``layers.Head``), and the RGB-only pass (``fills``
+    None), which has no fill to correct, keeps its own sigmoid heads.
 
     Zero padding, bias, no normalisation. ``features`` holds one map per encoder stride,
     finest first, the last one the bottleneck. Returns head outputs for scales
@@ -22,12 +23,12 @@ class DepthDecoder(nn.Module):
     channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     out_channels: int = 1
     num_scales: int = 4
-    prior: tuple[float, float] | None = None
+    prior: FillCorrection | None = None
     quant: Quant = FLOAT
 
     @nn.compact
     def __call__(self, features: list[Tensor], train: bool = False, all_scales: bool = False,
-                 fills: list[Tensor] | None = None) -> list[jax.Array]:
+                 fills: list[jax.Array] | None = None) -> list[jax.Array]:
         heads: dict[int, jax.Array] = {}
         scales = range(self.num_scales) if all_scales else [0]
         x = features[-1]

@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdepth.encodings import LidarEncoding
+from jaxdepth.encodings import FillCorrection, LidarEncoding
 from jaxdepth.quant import aqt_backend
 from jaxdepth.quant import integer_ops as iops
 from jaxdepth.quant import numerics as qn
@@ -169,6 +169,7 @@ class Conv(nn.Module):
     relu: bool = True
     quant: Quant = FLOAT
     zero_init: bool = False        # start at output 0 (the bias): a correction to a prior
+    out_range: tuple[float, float] | None = None   # fixed uint8 output range (a head) instead of an observed int8 one
     OP: ClassVar[str] = "conv"
 
     def export_attrs(self) -> dict:
@@ -197,7 +198,7 @@ class Conv(nn.Module):
         y = self._batch_norm(y, gamma, beta, mean, var, train) if self.bn else y + bias
         if self.relu:
             y = jax.nn.relu(y)
-        return Observer(self.quant, name="out")(y, update=update)
+        return y if self.out_range else Observer(self.quant, name="out")(y, update=update)
 
     def _fake(self, x: qn.QValue, k_eff: jax.Array, b_eff: jax.Array, update: bool) -> qn.QValue:
         """AQT's weight codes convolved exactly with the input codes, requantized by the
@@ -213,13 +214,14 @@ class Conv(nn.Module):
         y = y + b_eff
         if self.relu:
             y = jax.nn.relu(y)
+        fmt = iops.HEAD_FORMAT if self.out_range else self.quant.scheme.activation
         if "multiplier" not in p:
-            scale, zp = Observer(self.quant, name="out")(y, update=update)
+            scale, zp = (qn.fixed_qparams(*self.out_range, fmt) if self.out_range
+                         else Observer(self.quant, name="out")(y, update=update))
             m, shift = iops.rescale(x.scale * p["weight_scale"], scale)
             p = {**p, "multiplier": m, "shift": shift, "scale": scale, "zero_point": zp,
                  "float": {"weight": k_eff, "bias": b_eff}}
             store_params(self, p)
-        fmt = self.quant.scheme.activation
         codes = iops.conv_output(acc, p["bias"], (p["multiplier"], p["shift"]), p["zero_point"],
                                  fmt, self.relu)
         return qn.QValue.of(codes, y, p["scale"], p["zero_point"], fmt, path(self))
@@ -238,15 +240,13 @@ class Conv(nn.Module):
 
 def _sum_codes(module: nn.Module, terms: Sequence[jax.Array], term_scales: Sequence[jax.Array],
                y: jax.Array, update: bool, left_shift: int, relu: bool,
-               extra: Callable[[jax.Array], dict] | None = None, head: bool = False) -> qn.QValue:
-    """Output of a sum block (add, fusion) from its int32 terms: the observer's range (a
-    ``head``: the head's fixed uint8 range), the TFLite ADD multipliers (derived once)
-    and the integer sum kernel."""
-    fmt = iops.HEAD_FORMAT if head else module.quant.scheme.activation
+               extra: Callable[[jax.Array], dict] | None = None) -> qn.QValue:
+    """Output of a sum block (add, fusion) from its int32 terms: the observer's range, the
+    TFLite ADD multipliers (derived once) and the integer sum kernel."""
+    fmt = module.quant.scheme.activation
     p = frozen_params(module)
     if p is None:
-        scale, zp = (qn.fixed_qparams(*iops.HEAD_RANGE, fmt) if head
-                     else Observer(module.quant, name="out")(y, update=update))
+        scale, zp = Observer(module.quant, name="out")(y, update=update)
         inputs, output = iops.sum_multipliers(term_scales, scale, left_shift)
         p = {"scale": scale, "zero_point": zp, "output_multiplier": output[0],
              "output_shift": output[1], **(extra(scale) if extra else {})}
@@ -432,63 +432,34 @@ class Sigmoid(nn.Module):
         return qn.QValue.of(codes, s, p["scale"], p["zero_point"], iops.HEAD_FORMAT, path(self))
 
 
-class PriorSum(nn.Module):
-    """A linear head's output ``t + a * fill + b``, uint8 over [0, 1] (scale 1/255).
-
-    ``fill`` is the LiDAR input's fill channel and (a, b) maps its nearness to the head's
-    encoding (``encodings.fill_prior``), so ``t`` = 0 outputs nearest fill and the network
-    learns only the correction. NPU form: the fusion op (the terms times int8 coefficients
-    1 and a, an add, b as bias codes) with the head's fixed output range, whose saturation
-    clips to [0, 1].
-    """
-
-    coeffs: tuple[float, float]
-    quant: Quant = FLOAT
-    OP: ClassVar[str] = "fusion"
-
-    def export_attrs(self) -> dict:
-        return {"left_shift": iops.FUSION_LEFT_SHIFT}
-
-    @nn.compact
-    def __call__(self, t: Tensor, fill: Tensor) -> Tensor:
-        a, b = self.coeffs
-        y = value(t) + a * value(fill) + b
-        if not self.quant.fake:
-            return y
-        p = frozen_params(self)
-        if p is None:
-            gates = [iops.coefficient(jnp.full((1,), c, jnp.float32)) for c in (1.0, a)]
-            codes, scales = [g.codes for g in gates], [g.scale for g in gates]
-        else:
-            codes, scales = [p["coeff0"], p["coeff1"]], [p["coeff0_scale"], p["coeff1_scale"]]
-        bias = jnp.full((1,), b, jnp.float32)
-        extra = lambda scale: {"coeff0": codes[0], "coeff1": codes[1], "coeff0_scale": scales[0],
-                               "coeff1_scale": scales[1], "bias": iops.fusion_bias(bias, scale),
-                               "float": {"gate_rgb": jnp.ones((1,), jnp.float32),
-                                         "gate_sparse": jnp.full((1,), a, jnp.float32), "bias": bias}}
-        return _sum_codes(self, [x.centered() * c for x, c in zip((t, fill), codes)],
-                          [x.scale * s for x, s in zip((t, fill), scales)], y, False,
-                          iops.FUSION_LEFT_SHIFT, False, extra, head=True)
-
-
 class Head(nn.Module):
-    """Conv3x3 -> ``channels`` -> sigmoid; with ``prior`` (a, b), conv3x3 -> ``PriorSum``:
-    a linear head over the LiDAR ``fill``, its conv starting at 0 (at nearest fill). A
-    kaiming-initialised conv starts with corrections of whole depth ranges, and training
-    then silences the features it reads instead of learning corrections: measured on the
-    default run, the model stayed at exactly nearest fill."""
+    """Conv3x3 -> ``channels`` -> sigmoid; with ``prior``, a linear head over the LiDAR
+    fill: conv3x3 -> the correction z, uint8 over ``CORRECTION_RANGE`` (the graph's output),
+    and ``prior.head(z, fill)`` with the host's float ``fill`` (``encodings.FillCorrection``).
+
+    Its conv starts at 0 (at nearest fill): a kaiming-initialised conv starts with
+    corrections of whole depth ranges, and training then silences the features it reads
+    instead of learning corrections (measured on the default run: the model stayed at
+    exactly nearest fill). In ``fake`` mode the head sows its output codes
+    (``intermediates``), which ``evaluate.make_head_codes`` compares with the integer
+    forward's.
+    """
 
     channels: int
     quant: Quant = FLOAT
-    prior: tuple[float, float] | None = None
+    prior: FillCorrection | None = None
 
     @nn.compact
-    def __call__(self, x: Tensor, train: bool = False, fill: Tensor | None = None) -> Tensor:
-        logits = Conv(self.channels, 3, bn=False, relu=False, quant=self.quant,
-                      zero_init=self.prior is not None, name="conv")(x, train)
+    def __call__(self, x: Tensor, train: bool = False, fill: jax.Array | None = None) -> Tensor:
         if self.prior is None:
-            return Sigmoid(self.quant, name="sigmoid")(logits)
-        return PriorSum(self.prior, self.quant, name="prior")(logits, fill)
+            logits = Conv(self.channels, 3, bn=False, relu=False, quant=self.quant, name="conv")(x, train)
+            out = Sigmoid(self.quant, name="sigmoid")(logits)
+        else:
+            out = Conv(self.channels, 3, bn=False, relu=False, quant=self.quant, zero_init=True,
+                       out_range=iops.CORRECTION_RANGE, name="conv")(x, train)
+        if isinstance(out, qn.QValue):
+            self.sow("intermediates", "codes", out.codes)
+        return out if self.prior is None else self.prior.head(value(out), fill)
 
 
 RGB_MEAN, RGB_STD = 0.45, 0.225

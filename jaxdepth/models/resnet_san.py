@@ -7,9 +7,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdepth.encodings import LidarEncoding
+from jaxdepth.encodings import FillCorrection, LidarEncoding
 from jaxdepth.models.decoder import DepthDecoder
-from jaxdepth.models.layers import FLOAT, Fusion, MaxPool, Quant, Tensor, value
+from jaxdepth.models.layers import FLOAT, Fusion, Quant, Tensor, value
 from jaxdepth.models.resnet import ResNetEncoder
 from jaxdepth.models.san import SparseEncoder
 from jaxdepth.quant.numerics import QValue
@@ -48,7 +48,8 @@ class ResNetSAN(nn.Module):
     runs both passes, as PackNet-SAN trains: the RGB-only pass needs no extra encoder
     work (it decodes the unfused skips), and the consistency term pulls the RGB skips
     towards what the LiDAR adds. In ``fake`` mode ``rgb`` and ``lidar`` may be quantized
-    already (``layers.input_codes``); the heads are returned as arrays.
+    already (``layers.input_codes``); then linear heads over the fill need ``host_lidar``,
+    the LiDAR in metres, whose float fill the host adds. The heads are returned as arrays.
     """
 
     encoder: str = "resnet18"
@@ -61,12 +62,13 @@ class ResNetSAN(nn.Module):
     decoder_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
     num_scales: int = 4
     lidar_encoding: LidarEncoding = LidarEncoding()
-    prior: tuple[float, float] | None = None       # linear heads over the fill: encodings.fill_prior
+    prior: FillCorrection | None = None       # linear heads over the fill: encodings.fill_prior
     quant: Quant = FLOAT
 
     @nn.compact
     def __call__(self, rgb: Tensor, lidar: Tensor | None = None, train: bool = False,
-                 all_scales: bool = False, dual: bool = False) -> list[jax.Array] | DualOutput:
+                 all_scales: bool = False, dual: bool = False,
+                 host_lidar: jax.Array | None = None) -> list[jax.Array] | DualOutput:
         features = ResNetEncoder(self.encoder, self.full_res, self.quant, name="encoder")(rgb, train)
         decoder = DepthDecoder(self.decoder_channels, self.out_channels, self.num_scales,
                                self.prior, self.quant, name="decoder")
@@ -76,13 +78,13 @@ class ResNetSAN(nn.Module):
             return decoder(features, train, all_scales)
         if lidar is None:
             lidar = jnp.zeros(rgb.shape[:-1], jnp.float32)
-        sparse, fill = SparseEncoder(self.san_kernels, self.san_path_depths, self.lidar_encoding,
-                                     self.full_res, self.quant, name="san")(lidar, train)
+        sparse = SparseEncoder(self.san_kernels, self.san_path_depths, self.lidar_encoding,
+                               self.full_res, self.quant, name="san")(lidar, train)
         fills = None
         if self.prior is not None:
-            fills = [fill]
-            for i in range(1, self.num_scales if all_scales else 1):
-                fills.append(MaxPool(2, 2, name=f"fill_pool{i}")(fills[-1]))
+            fills = [self._host_fill(lidar, host_lidar)]
+            for _ in range(1, self.num_scales if all_scales else 1):
+                fills.append(nn.max_pool(fills[-1], (2, 2), (2, 2)))
         fused = [Fusion(self.quant, name=f"fuse{i}")(f, s, train)
                  for i, (f, s) in enumerate(zip(features, sparse))]
         if self.film:
@@ -95,10 +97,18 @@ class ResNetSAN(nn.Module):
         return DualOutput(heads, decoder(features, train, all_scales), sum(gaps) / len(gaps))
 
 
+    def _host_fill(self, lidar: Tensor, host_lidar: jax.Array | None) -> jax.Array:
+        """The float fill channel the linear heads add, as the host computes it."""
+        if host_lidar is None and isinstance(lidar, QValue):
+            raise ValueError("a model with linear heads over the fill fed quantized LiDAR codes "
+                             "needs host_lidar, the LiDAR in metres (the host adds its float fill)")
+        return self.lidar_encoding.fill_channel(lidar if host_lidar is None else host_lidar)
+
+
 def build_model(model_cfg, quant: Quant = FLOAT) -> ResNetSAN:
-    from jaxdepth.encodings import fill_prior, get_encoding, get_lidar_encoding
+    from jaxdepth.encodings import get_encoding, get_fill_prior, get_lidar_encoding
     enc, lidar = get_encoding(model_cfg), get_lidar_encoding(model_cfg)
-    prior = fill_prior(enc, lidar) if model_cfg.fill_prior and model_cfg.sparse else None
+    prior = get_fill_prior(model_cfg)
     return ResNetSAN(encoder=model_cfg.encoder, out_channels=enc.channels,
                      sparse=model_cfg.sparse, san_kernels=tuple(model_cfg.san_kernels),
                      san_path_depths=tuple(model_cfg.san_path_depths), film=model_cfg.film,

@@ -51,8 +51,7 @@ class SparseEncoder(nn.Module):
 
     ``full_res`` > 0 adds a stage of that many channels at stride 1 (no pool, kernel 3)
     in front, matching the encoder's full-resolution feature: the returns themselves,
-    not their 2x2 maxima, reach the decoder's last stage. Returns the features and the
-    fill channel (None without one), which linear heads build on (``layers.PriorSum``).
+    not their 2x2 maxima, reach the decoder's last stage. Returns one feature map per scale.
     """
 
     kernels: tuple[int, ...] = (5, 5, 3, 3, 3)
@@ -62,7 +61,7 @@ class SparseEncoder(nn.Module):
     quant: Quant = FLOAT
 
     @nn.compact
-    def __call__(self, lidar: Tensor, train: bool = False) -> tuple[list[Tensor], Tensor | None]:
+    def __call__(self, lidar: Tensor, train: bool = False) -> list[Tensor]:
         if len(self.kernels) != len(CHANNELS):
             raise ValueError(f"san_kernels needs {len(CHANNELS)} entries, got {self.kernels}")
         inputs = Input("sparse", self.lidar_encoding, self.quant, name="input")(lidar)
@@ -78,7 +77,7 @@ class SparseEncoder(nn.Module):
             x, mask = MaxPool(2, 2, name=f"pool{i}")(x), MaxPool(2, 2, name=f"mask_pool{i}")(mask)
             x = SparseStage(c, k, self.path_depths, self.quant, name=f"stage{i}")(x, mask, train)
             features.append(x)
-        return features, fill
+        return features
 
 
 __all__ = ["SparseEncoder", "SparseStage"]

@@ -205,6 +205,7 @@ def fusion_bias(b: jax.Array, out_scale: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------------------
 HEAD_FORMAT = qn.UINT8
 HEAD_RANGE = (0.0, 1.0)
+CORRECTION_RANGE = (-1.0, 1.0)   # a linear head's companded correction (encodings.FillCorrection)
 
 
 def head_codes(x: jax.Array) -> jax.Array:
