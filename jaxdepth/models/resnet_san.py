@@ -96,7 +96,6 @@ class ResNetSAN(nn.Module):
                 for r, f in zip(features, fused)]
         return DualOutput(heads, decoder(features, train, all_scales), sum(gaps) / len(gaps))
 
-
     def _host_fill(self, lidar: Tensor, host_lidar: jax.Array | None) -> jax.Array:
         """The float fill channel the linear heads add, as the host computes it."""
         if host_lidar is None and isinstance(lidar, QValue):
