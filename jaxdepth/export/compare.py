@@ -72,13 +72,14 @@ def compare(evaluator: Evaluator, variables: dict, split: str, graph: Graph | No
         fake_c = fake_codes_of(fake_vars, rgb, lidar)
         gt = jnp.asarray(pad_batch(batch["depth"], bs))
         # both rows decoded by the same function: they differ only by the codes
-        for name, c in (("int8 fake-quant", fake_c), ("int8 integer", codes)):
-            m, ok = metric_fn(decode(c, lidar), gt, enc.min_depth, enc.max_depth, cfg.eval.garg_crop, False)
+        depth = {name: decode(c, lidar) for name, c in (("int8 fake-quant", fake_c), ("int8 integer", codes))}
+        for name, d in depth.items():
+            m, ok = metric_fn(d, gt, enc.min_depth, enc.max_depth, cfg.eval.garg_crop, False)
             accumulators[name].add(np.asarray(m)[:n], np.asarray(ok)[:n])
         int_codes.append(np.asarray(codes)[:n])
         fake_codes.append(np.asarray(fake_c)[:n])
         mask = np.asarray(valid_mask(gt, enc.min_depth, enc.max_depth, cfg.eval.garg_crop))[:n]
-        err = np.abs(np.asarray(decode(codes, lidar))[:n] - np.asarray(fp32(variables, rgb, lidar))[:n]) * 1000.0
+        err = np.abs(np.asarray(depth["int8 integer"])[:n] - np.asarray(fp32(variables, rgb, lidar))[:n]) * 1000.0
         errors.append(err[mask])
         gts.append(batch["depth"][mask])
     errors_mm, gt_m = np.concatenate(errors), np.concatenate(gts)
