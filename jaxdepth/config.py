@@ -81,6 +81,7 @@ class TrainConfig:
     # SAN models: every step also decodes the RGB-only skips (one set of weights, both modes).
     mono_weight: float = 1.0                   # loss weight of the RGB-only pass; 0: no such pass
     consistency_weight: float = 0.1            # RGB skips pulled towards the detached fused ones
+    correction_weight: float = 0.0             # L1 of the finest fill head's correction in z (FillCorrection.code_loss)
     seed: int = 0
     log_every: int = 25
     val_every: int = 250
@@ -178,6 +179,7 @@ def validate(cfg: Config) -> Config:
         ("train.weight_decay", t.weight_decay, t.weight_decay >= 0, ">= 0"),
         ("train.mono_weight", t.mono_weight, t.mono_weight >= 0, ">= 0 (0 disables)"),
         ("train.consistency_weight", t.consistency_weight, t.consistency_weight >= 0, ">= 0"),
+        ("train.correction_weight", t.correction_weight, t.correction_weight >= 0, ">= 0"),
         ("train.seed", t.seed, t.seed >= 0, ">= 0"),
         ("train.log_every", t.log_every, t.log_every >= 1, ">= 1"),
         ("train.val_every", t.val_every, t.val_every >= 1, ">= 1"),

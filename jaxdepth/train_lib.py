@@ -17,7 +17,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxdepth.config import Config
-from jaxdepth.encodings import Encoding
+from jaxdepth.encodings import Encoding, get_fill_prior, get_lidar_encoding
 from jaxdepth.metrics import valid_mask
 
 
@@ -99,11 +99,16 @@ def make_train_step(model: nn.Module, encoding: Encoding, optimizer: optax.Gradi
     modes at every step (``train.mono_weight`` > 0): the loss of the RGB + LiDAR heads,
     plus ``mono_weight`` times the loss of the RGB-only heads, plus ``consistency_weight``
     times the gap of the RGB skips to the fused ones. In QAT the decoder's ranges thereby
-    follow both modes, so the INT8 monocular model is trained too.
+    follow both modes, so the INT8 monocular model is trained too. With linear heads over
+    the fill, ``correction_weight`` adds the finest head's loss in correction codes
+    (``FillCorrection.code_loss``).
     """
     mutable = ["quant"] if qat else ["batch_stats"]
     t = cfg.train
     dual = cfg.model.sparse and t.mono_weight > 0
+    prior = get_fill_prior(cfg.model)
+    lidar_encoding = get_lidar_encoding(cfg.model)
+    correction = prior is not None and t.correction_weight > 0
 
     def loss_fn(params, state: TrainState, batch: dict):
         variables = {**state.variables, "params": params}
@@ -111,14 +116,17 @@ def make_train_step(model: nn.Module, encoding: Encoding, optimizer: optax.Gradi
         out, updates = model.apply(variables, batch["rgb"], lidar, train=True, all_scales=True,
                                    dual=dual, mutable=mutable)
         mask = valid_mask(batch["depth"], encoding.min_depth, encoding.max_depth)
-        if not dual:
-            loss = multiscale_loss(out, batch["depth"], encoding, mask)
-            return loss, (updates, {"loss": loss})
-        parts = {"loss_lidar": multiscale_loss(out.lidar, batch["depth"], encoding, mask),
-                 "loss_mono": multiscale_loss(out.mono, batch["depth"], encoding, mask),
-                 "consistency": out.consistency}
-        loss = (parts["loss_lidar"] + t.mono_weight * parts["loss_mono"]
-                + t.consistency_weight * parts["consistency"])
+        heads = out.lidar if dual else out
+        loss = multiscale_loss(heads, batch["depth"], encoding, mask)
+        parts = {"loss_lidar": loss} if dual or correction else {}
+        if correction:
+            parts["loss_correction"] = prior.code_loss(
+                heads[0], encoding.encode(batch["depth"]), lidar_encoding.fill_channel(batch["lidar"]), mask)
+            loss = loss + t.correction_weight * parts["loss_correction"]
+        if dual:
+            parts.update(loss_mono=multiscale_loss(out.mono, batch["depth"], encoding, mask),
+                         consistency=out.consistency)
+            loss = loss + t.mono_weight * parts["loss_mono"] + t.consistency_weight * parts["consistency"]
         return loss, (updates, {"loss": loss, **parts})
 
     def step(state: TrainState, batch: dict):

@@ -237,6 +237,27 @@ def test_fill_correction_companding(k):
     assert float(jax.grad(lambda z: c.expand(z))(0.0)) == pytest.approx(1.0 if k == 0 else 5.0 / np.sinh(5.0), rel=1e-5)
 
 
+@pytest.mark.parametrize("k", [0.0, 5.0])
+def test_fill_correction_code_loss_is_l1_in_z(k):
+    from jaxdepth.encodings import FillCorrection
+
+    c = FillCorrection(-1.0, 1.0, k)
+    rng = np.random.default_rng(0)
+    fill = jnp.asarray(rng.uniform(0.2, 0.8, (2, 3, 4, 1)), jnp.float32)
+    z_head, z_target = (jnp.asarray(rng.uniform(-0.6, 0.6, (2, 3, 4, 1)), jnp.float32) for _ in range(2))
+    mask = jnp.asarray(rng.random((2, 3, 4)) < 0.7)
+    heads, target = c.head(z_head, fill), c.head(z_target, fill)
+    want = np.abs(np.asarray(z_head - z_target))[..., 0][np.asarray(mask)].mean()
+    assert float(c.code_loss(heads, target, fill, mask)) == pytest.approx(want, rel=1e-4)
+    assert float(c.code_loss(target, target, fill, mask)) == pytest.approx(0.0, abs=1e-6)
+    # Each valid pixel pulls its z by the same amount, small correction or large: the
+    # gradient in z is sign / (valid pixels), not weighted by expand'(z).
+    grad = jax.grad(lambda z: c.code_loss(c.head(z, fill), target, fill, mask))(z_head)[..., 0]
+    n = int(mask.sum())
+    np.testing.assert_allclose(np.abs(np.asarray(grad))[np.asarray(mask)], 1.0 / n, rtol=2e-3)
+    assert not np.asarray(grad)[~np.asarray(mask)].any()
+
+
 def test_output_decoder_adds_the_host_fill_to_the_correction_codes():
     from jaxdepth.encodings import output_decoder
     from jaxdepth.quant import integer_ops as iops

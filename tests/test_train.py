@@ -215,6 +215,36 @@ def test_two_device_step_equals_one_device_step():
     assert proc.stdout.startswith("ok")
 
 
+def test_linear_heads_add_the_correction_loss_in_z(tiny_data, tmp_path):
+    """With linear heads over the fill, the step adds ``correction_weight`` times the
+    finest head's L1 in correction codes; at the zero-initialised head (z = 0) that is
+    the mean |z| of the targets."""
+    from jaxdepth.encodings import get_encoding, get_fill_prior, get_lidar_encoding
+    from jaxdepth.metrics import valid_mask
+    from jaxdepth.models import build_model
+    from jaxdepth.train_lib import init_state, make_mesh, make_optimizer, make_train_step, replicate, shard_batch
+    from jaxdepth.data.sources import eval_pipeline
+
+    cfg = tiny_cfg(tiny_data, tmp_path, model__encoding="log", model__lidar_encoding="log",
+                   model__lidar_fill=True, model__fill_prior=True, model__correction_curve=5.0,
+                   train__correction_weight=0.5)
+    mesh, opt, model, enc = make_mesh(), make_optimizer(cfg), build_model(cfg.model), get_encoding(cfg.model)
+    state = replicate(init_state(model, opt, 0, cfg.data.height, cfg.data.width), mesh)
+    batch = {k: v[:2] for k, v in next(iter(eval_pipeline(cfg, "train").epoch(0))).items()
+             if k in ("rgb", "depth", "lidar")}
+    _, stats = make_train_step(model, enc, opt, cfg, mesh, qat=False)(state, shard_batch(batch, mesh))
+    stats = {k: float(v) for k, v in stats.items()}
+    t = cfg.train
+    want = (stats["loss_lidar"] + 0.5 * stats["loss_correction"] + t.mono_weight * stats["loss_mono"]
+            + t.consistency_weight * stats["consistency"])
+    assert stats["loss"] == pytest.approx(want, rel=1e-5)
+    prior = get_fill_prior(cfg.model)
+    fill = get_lidar_encoding(cfg.model).fill_channel(batch["lidar"])
+    z = np.abs(np.asarray(prior.compress(enc.encode(batch["depth"]) - prior.a * fill - prior.b)))[..., 0]
+    mask = np.asarray(valid_mask(batch["depth"], enc.min_depth, enc.max_depth))
+    assert stats["loss_correction"] == pytest.approx(z[mask].mean(), rel=1e-4) and z[mask].mean() > 0.01
+
+
 def test_learning_rate_changes_at_the_configured_steps():
     from jaxdepth.train_lib import learning_rate
 
