@@ -96,6 +96,7 @@ class Evaluator:
         self.encoding = get_encoding(cfg.model)
         self.models = {m: build_model(cfg.model, quant_for(cfg, m)) for m in ("float", "fake")}
         self._predict: dict[tuple[str, bool], Callable] = {}
+        self._baselines: dict[str, dict[str, dict]] = {}
 
     def predictor(self, mode: str, use_lidar: bool) -> Callable:
         key = (mode, use_lidar)
@@ -109,11 +110,15 @@ class Evaluator:
         return train_median_depth(self.cfg)
 
     def baselines(self, split: str) -> dict[str, dict]:
-        """Rows of the predictors without a network, on the batches the network sees."""
+        """Rows of the predictors without a network, on the batches the network sees;
+        computed once per split, as they depend on nothing else."""
         cfg = self.cfg
-        return {name: evaluate(predict, {}, eval_pipeline(cfg, split).epoch(0), cfg.eval.batch_size,
+        if split not in self._baselines:
+            self._baselines[split] = {
+                name: evaluate(predict, {}, eval_pipeline(cfg, split).epoch(0), cfg.eval.batch_size,
                                self.encoding, cfg.eval.garg_crop, median_scaling=False)["metrics"]
                 for name, predict in baseline_predictors(cfg, self.train_median).items()}
+        return self._baselines[split]
 
     def __call__(self, variables: dict, split: str, mode: str = "float",
                  use_lidar: bool | None = None) -> dict:
@@ -128,17 +133,23 @@ class Evaluator:
         return evaluate(self.predictor(mode, use_lidar), variables, batches,
                         cfg.eval.batch_size, self.encoding, cfg.eval.garg_crop, cfg.eval.median_scaling)
 
-    def report(self, variables: dict, split: str, int8: bool, fp32_variables: dict | None = None) -> dict:
-        """Rows of the standard table, the baselines without a network last. ``fp32_variables``:
-        the FP32 model a QAT run started from; its PTQ min-max INT8 row is the baseline QAT must beat."""
-        rows: dict[str, dict] = {}
-        base = fp32_variables if fp32_variables is not None else variables
-        full = self(base, split, "float")
-        rows["fp32"] = full["metrics"]
+    def float_rows(self, variables: dict, split: str) -> dict[str, dict]:
+        """The report's FP32 rows: with LiDAR, median-scaled and, with a SAN, monocular."""
+        full = self(variables, split, "float")
+        rows = {"fp32": full["metrics"]}
         if "median_scaled" in full:
             rows["fp32 median-scaled"] = full["median_scaled"]
         if self.cfg.model.sparse:
-            rows["fp32 monocular"] = self(base, split, "float", use_lidar=False)["metrics"]
+            rows["fp32 monocular"] = self(variables, split, "float", use_lidar=False)["metrics"]
+        return rows
+
+    def report(self, variables: dict, split: str, int8: bool, fp32_variables: dict | None = None,
+               fp32_rows: dict[str, dict] | None = None) -> dict:
+        """Rows of the standard table, the baselines without a network last. ``fp32_variables``:
+        the FP32 model a QAT run started from; its PTQ min-max INT8 row is the baseline QAT must
+        beat. ``fp32_rows``: ``float_rows`` of that model on this split, when already computed."""
+        base = fp32_variables if fp32_variables is not None else variables
+        rows = dict(fp32_rows) if fp32_rows is not None else self.float_rows(base, split)
         if fp32_variables is not None:
             rows["int8 ptq min-max"] = self(fp32_variables, split, "fake")["metrics"]
             rows["qat weights in fp32"] = self(variables, split, "float")["metrics"]

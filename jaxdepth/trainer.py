@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,9 @@ class Trainer:
         _sync("data")
         self.train_data = train_pipeline(cfg, (jax.process_index(), jax.process_count()))
         self._steps: dict[bool, Any] = {}
+        self._qat_step_ahead: Future | None = None
+        self._last_val: tuple[int, dict] | None = None        # (step, val metrics) of the last validation
+        self._fp32_rows: dict[str, dict] | None = None        # the FP32 phase's test rows
 
     @property
     def total_steps(self) -> int:
@@ -187,10 +191,26 @@ class Trainer:
 
     def _train_step(self, qat: bool):
         if qat not in self._steps:
-            model = self.models["fake" if qat else "float"]
-            self._steps[qat] = make_train_step(model, self.encoding, self.optimizer, self.cfg,
-                                               self.mesh, qat)
+            if qat and self._qat_step_ahead is not None:
+                self._steps[qat] = self._qat_step_ahead.result()
+            else:
+                model = self.models["fake" if qat else "float"]
+                self._steps[qat] = make_train_step(model, self.encoding, self.optimizer, self.cfg,
+                                                   self.mesh, qat)
         return self._steps[qat]
+
+    def _compile_qat_step_ahead(self, batch: dict) -> None:
+        """Starts compiling the QAT step in a background thread at the end of the FP32
+        phase. The QAT step is the run's largest compilation (about a minute on 2 CPU cores,
+        most of it on one); it then overlaps with the FP32 test report, the calibration and
+        the PTQ evaluation, which compile and run their own, smaller programs."""
+        args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            (self.state, batch))
+        step = make_train_step(self.models["fake"], self.encoding, self.optimizer, self.cfg,
+                               self.mesh, qat=True)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="compile-qat-step")
+        self._qat_step_ahead = pool.submit(lambda: step.lower(*args).compile())
+        pool.shutdown(wait=False)
 
     def calibrate(self, variables: dict) -> dict:
         """PTQ min-max ranges on the calib split."""
@@ -206,14 +226,14 @@ class Trainer:
 
     def _enter_qat(self) -> None:
         """End of the FP32 phase: keep its weights, calibrate min-max ranges (PTQ)."""
-        variables = self.state.variables
-        quant = self.calibrate(variables)
+        quant = self.calibrate(self.state.variables)
         self.state = self.state.replace(quant=replicate(quant, self.mesh))
-        fp32_val = self.evaluate(self.state.variables, "val", "float")["metrics"]
+        steps = self.cfg.train.steps
+        fp32_val = (self._last_val[1] if self._last_val and self._last_val[0] == steps
+                    else self.evaluate(self.state.variables, "val", "float")["metrics"])
         ptq_val = self.evaluate(self.state.variables, "val", "fake")["metrics"]
-        self.ckpts.save_named("fp32", self.cfg.train.steps, self.state,
-                              self._meta("fp32", fp32_val))
-        self._log({"event": "ptq_calibrated", "step": self.cfg.train.steps,
+        self.ckpts.save_named("fp32", steps, self.state, self._meta("fp32", fp32_val))
+        self._log({"event": "ptq_calibrated", "step": steps,
                    "val_fp32": fp32_val, "val_ptq": ptq_val})
 
     def _check(self, pending: list[tuple[int, dict]]) -> list[tuple[int, dict[str, float]]]:
@@ -250,10 +270,12 @@ class Trainer:
             if qat and step == cfg.train.steps:
                 self._enter_qat()
                 t_last = time.perf_counter()
-            batch = next(batches)
-            self.state, stats = self._train_step(qat)(self.state, shard_batch(batch, self.mesh))
+            batch = shard_batch(next(batches), self.mesh)
+            self.state, stats = self._train_step(qat)(self.state, batch)
             pending.append((step, stats))
             done = step + 1
+            if done == cfg.train.steps and cfg.quant.qat_steps > 0:
+                self._compile_qat_step_ahead(batch)
             phase = "qat" if qat else "fp32"
             end_of_phase = done in (cfg.train.steps, self.total_steps)
             validate = done % cfg.train.val_every == 0 or end_of_phase
@@ -271,6 +293,7 @@ class Trainer:
                                 phase=phase)
             if validate:
                 val = self.evaluate(self.state.variables, "val", "fake" if qat else "float")["metrics"]
+                self._last_val = (done, val)
                 self._log({"step": done, "phase": phase, "val": val})
                 self._save(done, phase, val)
                 t_last = time.perf_counter()
@@ -291,10 +314,16 @@ class Trainer:
     def test_report(self) -> dict[str, dict]:
         """Test metrics of the current state: FP32 (with LiDAR, median-scaled, monocular)
         and, after QAT, the PTQ min-max baseline and the QAT model in FP32 and INT8."""
-        qat = int(self.state.step) > self.cfg.train.steps
-        fp32_vars = self.ckpts.restore_named("fp32", self.state)[0].variables if qat else None
-        rows = self.evaluate.report(self.state.variables, self.cfg.eval.split, int8=qat,
-                                    fp32_variables=fp32_vars)
+        step, split = int(self.state.step), self.cfg.eval.split
+        if step > self.cfg.train.steps:
+            fp32_vars = self.ckpts.restore_named("fp32", self.state)[0].variables
+            rows = self.evaluate.report(self.state.variables, split, int8=True,
+                                        fp32_variables=fp32_vars, fp32_rows=self._fp32_rows)
+        else:
+            fp32_rows = self.evaluate.float_rows(self.state.variables, split)
+            if step == self.cfg.train.steps:
+                self._fp32_rows = fp32_rows      # the same weights' rows in the table after QAT
+            rows = self.evaluate.report(self.state.variables, split, int8=False, fp32_rows=fp32_rows)
         if self.primary:
             (self.run_dir / "test_metrics.json").write_text(json.dumps(rows, indent=2))
         return rows

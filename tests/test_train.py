@@ -85,9 +85,14 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.parametrize("crash_at,resume_at", [(3, 2), (5, 4)])
 def test_resume_after_interruption_matches_uninterrupted_run(finished_run, tiny_data, tmp_path,
-                                                             monkeypatch):
+                                                             monkeypatch, crash_at, resume_at):
+    # The uninterrupted run compiled its QAT step in the background at the end of the FP32
+    # phase. Resumed at step 2, the run does the same; resumed at step 4 (the first QAT
+    # step), it compiles the QAT step on first use. Both end where the uninterrupted run did.
     straight, _ = finished_run
+    assert straight._steps[True] is straight._qat_step_ahead.result()
     cfg = tiny_cfg(tiny_data, tmp_path / "b", quant__qat_steps=2)
     first = Trainer(cfg, progress=False)
     real_step = first._train_step(False)
@@ -95,7 +100,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(finished_run, tiny_
 
     def crashing(state, batch):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == crash_at:
             raise Interrupt
         return real_step(state, batch)
 
@@ -103,9 +108,10 @@ def test_resume_after_interruption_matches_uninterrupted_run(finished_run, tiny_
     with pytest.raises(Interrupt):
         first.fit()
     resumed = Trainer(cfg, progress=False)
-    assert int(resumed.state.step) == 2
+    assert int(resumed.state.step) == resume_at
     resumed.fit()
     assert int(resumed.state.step) == 6
+    assert (resumed._qat_step_ahead is None) == (resume_at == 4)
     for a, b in zip(jax.tree.leaves(straight.state.variables), jax.tree.leaves(resumed.state.variables)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 
@@ -248,16 +254,16 @@ def test_linear_heads_add_the_correction_loss_in_z(tiny_data, tmp_path):
 def test_learning_rate_changes_at_the_configured_steps():
     from jaxdepth.train_lib import learning_rate
 
-    # The default run: warm-up over 50 steps, decays at 71.2 % and 96 % of 600 steps, QAT after.
+    # The default run: warm-up over 50 steps, decays at 71.2 % and 96 % of 520 steps, QAT after.
     cfg = load_config(ROOT / "configs" / "default.yaml")
-    assert cfg.train.steps == 600 and cfg.quant.qat_steps == 80
+    assert cfg.train.steps == 520 and cfg.quant.qat_steps == 80
     lr = learning_rate(cfg)
     at = lambda step: float(lr(step))
     assert (at(0), at(25), at(49)) == pytest.approx((0.0, 0.001, 0.002 * 49 / 50))
-    assert (at(50), at(426)) == pytest.approx((0.002, 0.002))
-    assert (at(427), at(575)) == pytest.approx((0.0006, 0.0006))       # int(0.712 * 600)
-    assert (at(576), at(599)) == pytest.approx((0.00018, 0.00018))     # int(0.96 * 600)
-    assert (at(600), at(679)) == pytest.approx((0.0001, 0.0001))       # quant.qat_lr
+    assert (at(50), at(369)) == pytest.approx((0.002, 0.002))
+    assert (at(370), at(498)) == pytest.approx((0.0006, 0.0006))       # int(0.712 * 520)
+    assert (at(499), at(519)) == pytest.approx((0.00018, 0.00018))     # int(0.96 * 520)
+    assert (at(520), at(599)) == pytest.approx((0.0001, 0.0001))       # quant.qat_lr
     # Boundaries before the end of the warm-up apply as soon as the warm-up ends.
     early = learning_rate(load_config(None, ["train.steps=100", "train.warmup_steps=30",
                                              "train.lr_boundaries=[0.2, 0.5]", "train.lr=1.0"]))
