@@ -117,7 +117,8 @@ class Evaluator:
             self._baselines[split] = {
                 name: evaluate(predict, {}, eval_pipeline(cfg, split).epoch(0), cfg.eval.batch_size,
                                self.encoding, cfg.eval.garg_crop, median_scaling=False)["metrics"]
-                for name, predict in baseline_predictors(cfg, self.train_median).items()}
+                for name, predict in baseline_predictors(cfg, self.train_median).items()
+            }
         return self._baselines[split]
 
     def __call__(self, variables: dict, split: str, mode: str = "float",

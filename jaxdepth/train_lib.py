@@ -72,8 +72,8 @@ def init_state(model: nn.Module, optimizer: optax.GradientTransformation, seed: 
     lidar = jnp.zeros((1, height, width), jnp.float32)
     key = jax.random.PRNGKey(seed)
     init = jax.jit(lambda key: model.init(key, rgb, lidar, train=False, all_scales=True))
-    # It runs once, in 0.2 s: XLA's backend optimisation level 1 compiles the default model's
-    # init in 6 s instead of 16 s (2-core CPU), to the same values bit for bit.
+    # It runs once, in 0.2 s. XLA's backend optimisation level 1 compiled the default model's
+    # init in 6 s instead of 16 s, to the same values bit for bit (2-core CPU, docs/speed.md).
     variables = init.lower(key).compile(compiler_options={"xla_backend_optimization_level": 1})(key)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,

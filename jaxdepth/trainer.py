@@ -274,8 +274,6 @@ class Trainer:
             self.state, stats = self._train_step(qat)(self.state, batch)
             pending.append((step, stats))
             done = step + 1
-            if done == cfg.train.steps and cfg.quant.qat_steps > 0:
-                self._compile_qat_step_ahead(batch)
             phase = "qat" if qat else "fp32"
             end_of_phase = done in (cfg.train.steps, self.total_steps)
             validate = done % cfg.train.val_every == 0 or end_of_phase
@@ -291,6 +289,8 @@ class Trainer:
                         self._log({"step": s + 1, "phase": phase, **values, "images_per_s": rate})
                 bar.set_postfix(loss=f"{checked[-1][1]['loss']:.4f}", img_s=f"{rate:.1f}",
                                 phase=phase)
+            if done == cfg.train.steps and cfg.quant.qat_steps > 0:
+                self._compile_qat_step_ahead(batch)     # the steps were checked finite just above
             if validate:
                 val = self.evaluate(self.state.variables, "val", "fake" if qat else "float")["metrics"]
                 self._last_val = (done, val)
