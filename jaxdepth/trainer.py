@@ -189,14 +189,14 @@ class Trainer:
             print(f"warning: {message}", file=sys.stderr, flush=True)
         self._log({"event": "warning", "message": message})
 
+    def _make_step(self, qat: bool):
+        return make_train_step(self.models["fake" if qat else "float"], self.encoding, self.optimizer,
+                               self.cfg, self.mesh, qat)
+
     def _train_step(self, qat: bool):
         if qat not in self._steps:
-            if qat and self._qat_step_ahead is not None:
-                self._steps[qat] = self._qat_step_ahead.result()
-            else:
-                model = self.models["fake" if qat else "float"]
-                self._steps[qat] = make_train_step(model, self.encoding, self.optimizer, self.cfg,
-                                                   self.mesh, qat)
+            ahead = self._qat_step_ahead if qat else None
+            self._steps[qat] = ahead.result() if ahead is not None else self._make_step(qat)
         return self._steps[qat]
 
     def _compile_qat_step_ahead(self, batch: dict) -> None:
@@ -206,8 +206,7 @@ class Trainer:
         the PTQ evaluation, which compile and run their own, smaller programs."""
         args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                             (self.state, batch))
-        step = make_train_step(self.models["fake"], self.encoding, self.optimizer, self.cfg,
-                               self.mesh, qat=True)
+        step = self._make_step(qat=True)
         pool = ThreadPoolExecutor(1, thread_name_prefix="compile-qat-step")
         self._qat_step_ahead = pool.submit(lambda: step.lower(*args).compile())
         pool.shutdown(wait=False)
