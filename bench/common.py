@@ -40,9 +40,10 @@ def machine() -> str:
     return f"{platform.machine()} {platform.processor() or ''} {jax.device_count()}x {jax.devices()[0].platform}".replace("  ", " ")
 
 
-def time_steps(cfg, steps: int, qat: bool = False) -> dict:
-    """Median seconds of a jitted train step (FP32 or QAT) on random data of the config's shape."""
-    import jax
+def train_step_runner(cfg, qat: bool = False, options: dict | None = None) -> tuple[Callable[[], float], float]:
+    """A function that runs one jitted train step (FP32 or QAT) on a fixed random batch of
+    the config's shape and returns its loss, compiled with XLA ``options``; and the seconds
+    the compilation and first step took."""
     import numpy as np
 
     from jaxdepth.encodings import get_encoding
@@ -54,7 +55,6 @@ def time_steps(cfg, steps: int, qat: bool = False) -> dict:
     opt = make_optimizer(cfg)
     model = build_model(cfg.model, quant_for(cfg, "fake" if qat else "float"))
     state = replicate(init_state(build_model(cfg.model), opt, 0, d.height, d.width), mesh)
-    step = make_train_step(model, get_encoding(cfg.model), opt, cfg, mesh, qat)
     rng = np.random.default_rng(0)
     batch = {"rgb": rng.random((d.batch_size, d.height, d.width, 3), np.float32),
              "depth": rng.uniform(0.5, 15, (d.batch_size, d.height, d.width)).astype(np.float32),
@@ -62,17 +62,31 @@ def time_steps(cfg, steps: int, qat: bool = False) -> dict:
                                rng.uniform(0.5, 15, (d.batch_size, d.height, d.width)), 0).astype(np.float32)}
     batch = shard_batch(batch, mesh)
     t0 = time.perf_counter()
-    state, stats = step(state, batch)
-    jax.block_until_ready(stats)
-    compile_s = time.perf_counter() - t0
+    step = make_train_step(model, get_encoding(cfg.model), opt, cfg, mesh, qat)
+    step = step.lower(state, batch).compile(compiler_options=options)
+
+    def run() -> float:
+        nonlocal state
+        state, stats = step(state, batch)
+        return float(stats["loss"])
+
+    run()
+    return run, time.perf_counter() - t0
+
+
+def time_steps(cfg, steps: int, qat: bool = False) -> dict:
+    """Median seconds of a jitted train step (FP32 or QAT) on random data of the config's shape."""
+    import numpy as np
+
+    run, compile_s = train_step_runner(cfg, qat)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        state, stats = step(state, batch)
-        jax.block_until_ready(stats)
+        loss = run()
         times.append(time.perf_counter() - t0)
+    d = cfg.data
     step_s = float(np.median(times))
     return {"height": d.height, "width": d.width, "batch": d.batch_size, "qat": qat,
-            "last_loss": float(stats["loss"]),
+            "last_loss": loss,
             "first_step_s": round(compile_s, 2), "step_s": round(step_s, 3),
             "images_per_s": round(d.batch_size / step_s, 2)}
