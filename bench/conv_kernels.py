@@ -1,16 +1,17 @@
 """Every convolution of the train step's forward, timed alone: forward, input gradient and
-kernel gradient, in XLA:CPU as ``jaxdepth.cli.setup_jax`` configures it (convolutions by
-XLA's own Eigen kernels), in XLA:CPU with its default YNNPACK convolutions (``xla_ynn``)
-and, when torch is installed, in PyTorch (oneDNN); then the whole train step compiled
-both ways. It shows which kernels make the train step slower than PyTorch's
-(``bench/torch_reference.py``) and what the choice of XLA's convolutions buys.
+kernel gradient, in XLA:CPU as jaxdepth runs it (its default: YNNPACK's convolutions), in
+XLA:CPU with convolutions left to its own Eigen kernels (``xla_eigen``: YNNPACK keeps the
+dots and reductions) and, when torch is installed, in PyTorch (oneDNN); then the whole
+train step compiled both ways. It shows which kernels make the train step slower than
+PyTorch's (``bench/torch_reference.py``) and what XLA's other convolutions would change.
 
 The shapes come from the model itself: the jaxpr of the config's training forward (both
 passes with the SAN), so each conv is listed once per call with its count; a conv on the
 model's inputs has no input gradient. Each variant of each conv is timed in turn
 (A B C A B C ...), medians of ``--repeats``; torch uses 2 threads. Timed alone, a conv
-also pays the call and its output's allocation, which the train step's fused program
-does not: the totals rank the kernels, the train step's own time is the last line.
+also pays the call and its output's allocation, which the train step's program does not,
+and single kernels moved by 10-30 % from run to run: the totals are a rough guide, the
+whole train step's times are the measurement.
 
 Usage:
     python bench/conv_kernels.py [--config configs/default.yaml] [--repeats 7] [--set k=v ...]
@@ -25,9 +26,9 @@ from typing import Callable
 
 from common import bench_args, machine, train_step_runner
 
-from jaxdepth.cli import YNN_FUSION_FLAG, YNN_FUSION_TYPES
-
-XLA_YNN = {YNN_FUSION_FLAG: "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION," + YNN_FUSION_TYPES}
+# XLA's default YNNPACK fusions are convolutions, dots and reductions; this keeps the last two.
+XLA_EIGEN = {"xla_cpu_experimental_ynn_fusion_type":
+             "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 PARTS = ("fwd", "dx", "dw")
 
 
@@ -141,12 +142,12 @@ def main() -> None:
     except ImportError:
         torch = None
     cfg = load_config(args.config, args.overrides)
-    variants = ["xla", "xla_ynn"] + (["torch"] if torch else [])
+    variants = ["xla", "xla_eigen"] + (["torch"] if torch else [])
     rows = []
     for (lhs, rhs, strides, padding, needs_dx), count in conv_calls(cfg).items():
         parts = [p for p in PARTS if needs_dx or p != "dx"]
         fns = {"xla": xla_fns(lhs, rhs, strides, padding, None),
-               "xla_ynn": xla_fns(lhs, rhs, strides, padding, XLA_YNN)}
+               "xla_eigen": xla_fns(lhs, rhs, strides, padding, XLA_EIGEN)}
         if torch:
             fns["torch"] = torch_fns(lhs, rhs, strides, padding)
         times = {v: {p: [] for p in parts} for v in variants}
@@ -173,7 +174,7 @@ def main() -> None:
     steps = step_times(cfg, args.repeats)
     print("\nthe whole train step, both XLA forms interleaved: "
           + ", ".join(f"{v} {r['step_s']:.3f} s (loss {r['last_loss']:.7f})" for v, r in steps.items())
-          + f"; xla_ynn / xla {steps['xla_ynn']['step_s'] / steps['xla']['step_s']:.3f}")
+          + f"; xla_eigen / xla {steps['xla_eigen']['step_s'] / steps['xla']['step_s']:.3f}")
     print(json.dumps({"bench": "conv_kernels", "machine": machine(), "height": cfg.data.height,
                       "width": cfg.data.width, "batch": cfg.data.batch_size, "sparse": cfg.model.sparse,
                       "torch": torch.__version__ if torch else None, "totals_ms": totals,
@@ -181,10 +182,10 @@ def main() -> None:
 
 
 def step_times(cfg, repeats: int) -> dict:
-    """The config's train step compiled with XLA's and with YNNPACK's convolutions, run in turn."""
+    """The config's train step compiled with YNNPACK's and with Eigen's convolutions, run in turn."""
     import numpy as np
 
-    runners = {"xla": train_step_runner(cfg)[0], "xla_ynn": train_step_runner(cfg, options=XLA_YNN)[0]}
+    runners = {"xla": train_step_runner(cfg)[0], "xla_eigen": train_step_runner(cfg, options=XLA_EIGEN)[0]}
     times: dict = {v: [] for v in runners}
     losses = {}
     for _ in range(repeats):

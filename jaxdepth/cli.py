@@ -5,14 +5,6 @@ import argparse
 import os
 from pathlib import Path
 
-# XLA:CPU hands its dots and reductions to YNNPACK but computes convolutions itself (Eigen).
-# XLA's default also sends convolutions to YNNPACK, whose kernels made the train step slower
-# on the 2-core CPUs measured (bench/conv_kernels.py, docs/speed.md); the dots stay with
-# YNNPACK, without which the integer forward's int8 patch products are several times slower.
-# The flag concerns the CPU backend only.
-YNN_FUSION_FLAG = "xla_cpu_experimental_ynn_fusion_type"
-YNN_FUSION_TYPES = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
-
 
 def add_distributed_args(parser: argparse.ArgumentParser) -> None:
     """Options of a multi-host run: one process per host, all with the same command."""
@@ -24,13 +16,8 @@ def add_distributed_args(parser: argparse.ArgumentParser) -> None:
 
 
 def setup_jax(args: argparse.Namespace | None = None) -> None:
-    """XLA:CPU's library fusions (``YNN_FUSION_TYPES``, unless ``XLA_FLAGS`` sets them),
-    the persistent compilation cache (repeat runs compile in ~1 s instead of ~10 s) and,
-    when ``--coordinator`` is given, ``jax.distributed``. Call it before any JAX computation:
-    XLA reads its flags when the backend starts."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if YNN_FUSION_FLAG not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --{YNN_FUSION_FLAG}={YNN_FUSION_TYPES}".strip()
+    """Persistent compilation cache (repeat runs compile in ~1 s instead of ~10 s) and,
+    when ``--coordinator`` is given, ``jax.distributed`` (before any other JAX call)."""
     import jax
 
     if args is not None and getattr(args, "coordinator", None):
