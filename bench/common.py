@@ -40,11 +40,22 @@ def machine() -> str:
     return f"{platform.machine()} {platform.processor() or ''} {jax.device_count()}x {jax.devices()[0].platform}".replace("  ", " ")
 
 
+def random_batch(d) -> dict:
+    """A fixed random batch (numpy) of the data config ``d``'s shape: RGB, depth and a LiDAR
+    with returns on 5 % of the pixels."""
+    import numpy as np
+
+    b, h, w = d.batch_size, d.height, d.width
+    rng = np.random.default_rng(0)
+    return {"rgb": rng.random((b, h, w, 3), np.float32),
+            "depth": rng.uniform(0.5, 15, (b, h, w)).astype(np.float32),
+            "lidar": np.where(rng.random((b, h, w)) < 0.05, rng.uniform(0.5, 15, (b, h, w)), 0).astype(np.float32)}
+
+
 def train_step_runner(cfg, qat: bool = False, options: dict | None = None) -> tuple[Callable[[], float], float]:
     """A function that runs one jitted train step (FP32 or QAT) on a fixed random batch of
     the config's shape and returns its loss, compiled with XLA ``options``; and the seconds
     the compilation and first step took."""
-    import numpy as np
 
     from jaxdepth.encodings import get_encoding
     from jaxdepth.models import build_model, quant_for
@@ -55,12 +66,7 @@ def train_step_runner(cfg, qat: bool = False, options: dict | None = None) -> tu
     opt = make_optimizer(cfg)
     model = build_model(cfg.model, quant_for(cfg, "fake" if qat else "float"))
     state = replicate(init_state(build_model(cfg.model), opt, 0, d.height, d.width), mesh)
-    rng = np.random.default_rng(0)
-    batch = {"rgb": rng.random((d.batch_size, d.height, d.width, 3), np.float32),
-             "depth": rng.uniform(0.5, 15, (d.batch_size, d.height, d.width)).astype(np.float32),
-             "lidar": np.where(rng.random((d.batch_size, d.height, d.width)) < 0.05,
-                               rng.uniform(0.5, 15, (d.batch_size, d.height, d.width)), 0).astype(np.float32)}
-    batch = shard_batch(batch, mesh)
+    batch = shard_batch(random_batch(d), mesh)
     t0 = time.perf_counter()
     step = make_train_step(model, get_encoding(cfg.model), opt, cfg, mesh, qat)
     step = step.lower(state, batch).compile(compiler_options=options)

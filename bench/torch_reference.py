@@ -28,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from common import random_batch, train_step_runner
 import torch.nn.functional as F
 from torch import nn
 
@@ -241,34 +242,7 @@ def torch_step(cfg, batch: dict) -> Callable[[], None]:
     return run
 
 
-def jax_step(cfg, batch: dict) -> Callable[[], None]:
-    """One jitted jaxdepth train step (``train_lib.make_train_step``) on ``batch``."""
-    import jax
-
-    from jaxdepth.encodings import get_encoding
-    from jaxdepth.models import build_model
-    from jaxdepth.train_lib import init_state, make_mesh, make_optimizer, make_train_step, replicate, shard_batch
-
-    mesh, opt, model = make_mesh(), make_optimizer(cfg), build_model(cfg.model)
-    holder = {"state": replicate(init_state(model, opt, 0, cfg.data.height, cfg.data.width), mesh)}
-    step = make_train_step(model, get_encoding(cfg.model), opt, cfg, mesh, qat=False)
-    sharded = shard_batch(batch, mesh)
-
-    def run() -> None:
-        holder["state"], stats = step(holder["state"], sharded)
-        jax.block_until_ready(stats)
-
-    return run
-
-
 # ----------------------------------------------------------------------------- timing
-
-
-def random_batch(b: int, h: int, w: int) -> dict:
-    rng = np.random.default_rng(0)
-    return {"rgb": rng.random((b, h, w, 3), np.float32),
-            "depth": rng.uniform(0.5, 15, (b, h, w)).astype(np.float32),
-            "lidar": np.where(rng.random((b, h, w)) < 0.05, rng.uniform(0.5, 15, (b, h, w)), 0).astype(np.float32)}
 
 
 def seconds(fn: Callable[[], None]) -> float:
@@ -280,9 +254,9 @@ def seconds(fn: Callable[[], None]) -> float:
 def compare(cfg, steps: int) -> dict:
     """Warm-up (compilation) of both, then ``steps`` alternating timed steps of each."""
     d = cfg.data
-    batch = random_batch(d.batch_size, d.height, d.width)
-    runs = {"jaxdepth": jax_step(cfg, batch), "pytorch": torch_step(cfg, batch)}
-    first = {k: seconds(fn) for k, fn in runs.items()}
+    jax_run, jax_first = train_step_runner(cfg)     # its first step: compilation included
+    runs = {"jaxdepth": jax_run, "pytorch": torch_step(cfg, random_batch(d))}
+    first = {"jaxdepth": jax_first, "pytorch": seconds(runs["pytorch"])}
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(steps):
         for k, fn in runs.items():
