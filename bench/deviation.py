@@ -6,7 +6,8 @@ activation between them (the network's INT8 noise). Rows separate them, each the
 |depth - FP32 depth| in mm over valid pixels, beside the row's abs_rel on the split:
 
 * ``fp32, LiDAR input rounded``: the FP32 network fed the LiDAR input on its uint8 grid
-  (with the SAN); the head unrounded.
+  (with the SAN); the head unrounded. 0 with ``model.grid_inputs``, whose FP32 network
+  takes those codes anyway.
 * ``fp32, head rounded``: the FP32 head rounded to the uint8 output grid, no other
   quantization: what a perfect INT8 network with this head would deviate.
 * ``fp32, input and head rounded``: both grids, the FP32 network between them.

@@ -36,6 +36,8 @@ class ModelConfig:
     film: bool = False                         # FiLM on scale 0 from pooled sparse features
     full_res: int = 0                          # channels of stride-1 RGB + LiDAR features; 0: none
     decoder_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    activation_cap: float = 0.0                # ReLU-N: SAN, fusion and decoder activations clipped at this; 0: none
+    grid_inputs: bool = False                  # FP32 too takes the inputs on their 8-bit grids, as INT8 does
     num_scales: int = 4                        # heads trained at scales 0..num_scales-1
     # Loss weights of the integer/fraction encoding: L_int + w_frac L_frac + w_depth L1(depth).
     int_weight: float = 1.0

@@ -29,6 +29,7 @@ from jaxdepth.config import (Config, ConfigError, absolute_paths, config_diff, c
 from jaxdepth.data.sources import check_splits, dataset_root, eval_pipeline, train_pipeline
 from jaxdepth.evaluate import Evaluator
 from jaxdepth.quant.calibrate import calibrate
+from jaxdepth.quant.freeze import weights_on_grid
 from jaxdepth.train_lib import (TrainState, init_state, make_mesh, make_optimizer, make_train_step,
                                 replicate, shard_batch)
 
@@ -235,6 +236,12 @@ class Trainer:
         self._log({"event": "ptq_calibrated", "step": steps,
                    "val_fp32": fp32_val, "val_ptq": ptq_val})
 
+    def _end_qat(self) -> None:
+        """End of the QAT phase (its last step checked finite): the weights on their INT8
+        grid, so that its FP32 rows and checkpoint are the integer model's weights in float."""
+        params = weights_on_grid(self.models["fake"], self.state.variables)["params"]
+        self.state = self.state.replace(params=replicate(params, self.mesh))
+
     def _check(self, pending: list[tuple[int, dict]]) -> list[tuple[int, dict[str, float]]]:
         """(step, stats) of the steps since the last check: the loop's one host sync, every
         ``train.log_every`` steps and before every checkpoint, so a checkpoint never holds
@@ -290,6 +297,8 @@ class Trainer:
                                 phase=phase)
             if done == cfg.train.steps and cfg.quant.qat_steps > 0:
                 self._compile_qat_step_ahead(batch)     # the steps were checked finite just above
+            if qat and done == self.total_steps:
+                self._end_qat()
             if validate:
                 val = self.evaluate(self.state.variables, "val", "fake" if qat else "float")["metrics"]
                 self._last_val = (done, val)

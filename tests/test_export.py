@@ -63,7 +63,6 @@ def exported(data_root: Path, preset: str, condition: str = "ptq") -> tuple:
 
 
 @functools.cache
-@functools.cache
 def prior_exported(data_root: Path) -> tuple:
     """(cfg, variables, graph) of a model with linear heads over the LiDAR fill
     (``model.fill_prior``, companded correction), min-max ranges. The head conv, which
@@ -79,6 +78,24 @@ def prior_exported(data_root: Path) -> tuple:
     params = {**variables["params"], "decoder": {**variables["params"]["decoder"],
                                                  "fill_head0": {"conv": conv}}}
     variables = {**variables, "params": params}
+    variables = {**variables, "quant": calibrate(model, variables, eval_pipeline(cfg, "calib").epoch(0),
+                                                 use_lidar=True)}
+    return cfg, variables, export_graph(cfg, variables, H, W)
+
+
+CAP = 0.5     # low enough to bind on an untrained model's activations
+
+
+@functools.cache
+def capped_exported(data_root: Path) -> tuple:
+    """(cfg, variables, graph) of a model with capped activations (``model.activation_cap``)
+    that takes its inputs on their 8-bit grids in every mode (``model.grid_inputs``)."""
+    cfg = tiny_cfg(data_root, data_root.parent / "unused_run", model__full_res=4,
+                   model__lidar_encoding="log", model__lidar_fill=True,
+                   model__activation_cap=CAP, model__grid_inputs=True)
+    model = build_model(cfg.model)
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, H, W, 3)), jnp.zeros((1, H, W))))(
+        jax.random.PRNGKey(0))
     variables = {**variables, "quant": calibrate(model, variables, eval_pipeline(cfg, "calib").epoch(0),
                                                  use_lidar=True)}
     return cfg, variables, export_graph(cfg, variables, H, W)
@@ -250,6 +267,57 @@ def test_full_resolution_skip_and_filled_log_lidar_input_export_exactly(tiny_dat
     assert a["equal"] == 1.0 and a["max_diff"] == 0, a
 
 
+def test_capped_activations_and_grid_inputs_export_exactly(tiny_data):
+    from jaxdepth.models.layers import Input, quantize_input
+
+    cfg, variables, graph = capped_exported(tiny_data)
+    # The 28 SAN (6 stages x path + sum), fusion and decoder blocks end their ranges at the
+    # cap or below; the encoder does not.
+    flat = jax.tree_util.tree_flatten_with_path(variables["quant"])[0]
+    highs = {"/".join(str(p.key) for p in path[:-2]): float(v) for path, v in flat if path[-1].key == "hi"}
+    capped = {k: v for k, v in highs.items()                # not the concats that carry the mask
+              if k.startswith(("san/stage", "fuse", "decoder/upconv")) and not k.endswith("with_mask")}
+    assert len(capped) == 28 and max(capped.values()) == pytest.approx(CAP) and max(capped.values()) <= CAP
+    assert max(v for k, v in highs.items() if k.startswith("encoder/")) > CAP
+    a = compare(Evaluator(cfg), variables, "test", graph)["agreement"]
+    assert a["equal"] == 1.0 and a["max_diff"] == 0, a
+    # With grid inputs the float model's LiDAR input is the integer model's codes, in real values.
+    b = first_test_batch(cfg)
+    lidar_enc = build_model(cfg.model).lidar_encoding
+    got = Input("sparse", lidar_enc, grid=True).apply({}, jnp.asarray(b["lidar"]))
+    want = quantize_input("sparse", jnp.asarray(b["lidar"]), qn.UINT8, lidar_enc).value
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert len(np.unique(np.asarray(got))) > 10
+
+
+def test_weights_on_their_grid_keep_the_integer_model_and_bring_fp32_to_it(tiny_data):
+    from jaxdepth.models import quant_for
+    from jaxdepth.quant.freeze import weights_on_grid
+
+    cfg, variables, graph = capped_exported(tiny_data)
+    snapped = weights_on_grid(build_model(cfg.model, quant_for(cfg, "fake")), variables)
+    on_grid = export_graph(cfg, snapped, H, W)
+    convs = [(a, b) for a, b in zip(graph.nodes, on_grid.nodes) if a.op == "conv"]
+    assert len(convs) > 30
+    for a, b in convs:
+        # Every conv keeps its int8 weights, and its float weights are their real values.
+        # Refolding BatchNorm rounds in float32, so a weight scale may move by an ulp, and
+        # the requantization multiplier in its last bits.
+        np.testing.assert_array_equal(a.int_params["weight"], b.int_params["weight"])
+        np.testing.assert_allclose(b.float_params["weight"], b.int_params["weight"] * b.int_params["weight_scale"],
+                                   rtol=1e-5, atol=1e-9)
+        np.testing.assert_array_equal(a.int_params["shift"], b.int_params["shift"])
+        np.testing.assert_allclose(a.int_params["multiplier"], b.int_params["multiplier"], rtol=1e-6)
+    evaluator = Evaluator(cfg)
+    latent = compare(evaluator, variables, "test", graph)
+    grid = compare(evaluator, snapped, "test", on_grid)
+    assert grid["agreement"]["equal"] == 1.0                # integer == fake-quant, as always
+    # What separates FP32 from integer is now the activations' 8 bits alone (here the
+    # larger part: an untrained model with its activations capped at 0.5).
+    latent, grid = latent["deviation_mm"]["all"], grid["deviation_mm"]["all"]
+    assert grid["median"] < latent["median"] and grid["p99"] < latent["p99"], (grid, latent)
+
+
 def test_linear_heads_over_the_fill_export_exactly_with_and_without_lidar(tiny_data):
     from jaxdepth.encodings import get_encoding, output_decoder
     from jaxdepth.evaluate import make_head_codes, make_predict
@@ -371,7 +439,7 @@ def test_manifest_documents_every_layer(saved):
     assert dtypes == {"int8", "int32", "uint8", "float32"}       # float32: weight/gate scales
     assert all(k.endswith("_scale") for k in weights.files if weights[k].dtype == np.float32)
     conv = next(layer for layer in man["layers"] if layer["op"] == "conv")
-    assert conv["attrs"] == {"kernel": 7, "stride": 2, "padding": 3, "relu": True}
+    assert conv["attrs"] == {"kernel": 7, "stride": 2, "padding": 3, "relu": True, "cap": 0.0}
 
 
 # ----------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from jaxdepth.data.sources import eval_pipeline
 from jaxdepth.export import onnx as xonnx
 from jaxdepth.export.integer import make_integer_forward, make_intermediates
 from jaxdepth.models import build_model
-from test_export import exported, first_test_batch, prior_exported
+from test_export import capped_exported, exported, first_test_batch, prior_exported
 
 
 @functools.cache
@@ -140,4 +140,22 @@ def test_linear_heads_over_the_fill_in_onnxruntime(tiny_data):
         got = np.asarray(prior.head(z, lidar_enc.fill_channel(batch["lidar"])))   # the host's sum
         assert np.abs(got - want).max() < 1e-4
         codes = xonnx.heads(integer, graph, "log", xonnx.code_feeds(graph, batch["rgb"], batch["lidar"]))
+        np.testing.assert_array_equal(codes, np.asarray(forward(batch["rgb"], batch["lidar"])))
+
+
+def test_capped_grid_input_model_in_onnxruntime(tiny_data):
+    cfg, variables, graph = capped_exported(tiny_data)
+    model = build_model(cfg.model)
+    fp32_heads = jax.jit(lambda v, rgb, lidar: model.apply(v, rgb, lidar)[0])
+    fp32 = xonnx.to_fp32(graph, cfg.model.encoding)
+    assert "Clip" in xonnx.op_types(fp32)
+    integer, forward = xonnx.session(xonnx.to_integer(graph, cfg.model.encoding)), make_integer_forward(graph)
+    fp32 = xonnx.session(fp32)
+    for batch in eval_pipeline(cfg, "test").epoch(0):
+        # fed on the inputs' 8-bit grids (xonnx.feeds), the FP32 model is jaxdepth's FP32 forward
+        got = xonnx.heads(fp32, graph, cfg.model.encoding, xonnx.feeds(graph, batch["rgb"], batch["lidar"]))
+        want = np.asarray(fp32_heads(variables, batch["rgb"], batch["lidar"]))
+        assert np.abs(got - want).max() < 1e-4
+        codes = xonnx.heads(integer, graph, cfg.model.encoding,
+                            xonnx.code_feeds(graph, batch["rgb"], batch["lidar"]))
         np.testing.assert_array_equal(codes, np.asarray(forward(batch["rgb"], batch["lidar"])))

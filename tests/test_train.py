@@ -39,6 +39,13 @@ def test_run_writes_log_checkpoints_and_metrics(finished_run):
         assert 0.0 < m["abs_rel"] < 10.0 and 0.0 <= m["a1"] <= 1.0
     assert checkpoint.resolve(trainer.run_dir).parent.name == "best_qat"
     assert json.loads((trainer.run_dir / "test_metrics.json").read_text()) == rows
+    # QAT ended with its weights on their INT8 grid: putting them there again moves nothing.
+    from jaxdepth.quant.freeze import weights_on_grid
+
+    params = trainer.state.params
+    again = weights_on_grid(trainer.models["fake"], trainer.state.variables)["params"]
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(again)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-8)
 
 
 def test_eval_cli_reproduces_the_training_report(finished_run, tmp_path, capsys):

@@ -20,7 +20,8 @@ the uint8 codes (a sigmoid head's value = code / 255), comparable code for code 
 ``integer.make_integer_forward``.
 
 The FP32 model uses only Conv (explicit symmetric pads), Relu, MaxPool, Add, Mul,
-Concat, Slice, Split, Resize (nearest, x2) and Sigmoid; no Reshape or Flatten.
+Concat, Slice, Split, Resize (nearest, x2) and Sigmoid, and Clip where
+``model.activation_cap`` bounds a block; no Reshape or Flatten.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from jaxdepth.encodings import LidarEncoding
 from jaxdepth.quant import numerics as qn
 
 OPSET = 13
-NPU_OPS = frozenset({"Conv", "Relu", "MaxPool", "Add", "Mul", "Concat", "Slice", "Split",
+NPU_OPS = frozenset({"Conv", "Relu", "Clip", "MaxPool", "Add", "Mul", "Concat", "Slice", "Split",
                      "Resize", "Sigmoid"})
 _ELEM = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8}
 
@@ -109,36 +110,50 @@ def _structural(b: _Builder, node: Node, xs: list[str], out: str) -> bool:
     return True
 
 
+def _activation(b: _Builder, y: str, out: str, name: str, relu: bool, cap: float) -> None:
+    """``y`` through the block's ReLU and cap into ``out``: Relu, or Clip where
+    ``model.activation_cap`` bounds the block (ReLU-N; the INT8 models' codes saturate
+    there, at the end of the tensor's range)."""
+    if cap:
+        lo = b.const(f"{name}/clip_min", np.float32(0)) if relu else ""
+        b.node("Clip", [y, lo, b.const(f"{name}/clip_max", np.float32(cap))], [out], f"{name}/clip")
+    elif relu:
+        b.node("Relu", [y], [out], f"{name}/relu")
+
+
 def _conv(b: _Builder, node: Node, x: str, w: str, bias: str, out: str) -> None:
     a, n = node.attrs, node.name
-    y = f"{n}/conv" if a["relu"] else out
+    relu, cap = a["relu"], a.get("cap", 0)
+    y = f"{n}/conv" if relu or cap else out
     b.node("Conv", [x, w, bias], [y], n, kernel_shape=[a["kernel"]] * 2, strides=[a["stride"]] * 2,
            pads=[a["padding"]] * 4)
-    if a["relu"]:
-        b.node("Relu", [y], [out], f"{n}/relu")
+    if relu or cap:
+        _activation(b, y, out, n, relu, cap)
 
 
-def _add(b: _Builder, name: str, xs: list[str], out: str, relu: bool) -> str:
-    """Sum (+ ReLU) into ``out``; returns the tensor holding the result (the input itself
-    for a one-input sum, which in the integer graph is only a requantization)."""
-    if len(xs) == 1 and not relu:
+def _add(b: _Builder, name: str, xs: list[str], out: str, relu: bool, cap: float) -> str:
+    """Sum (+ ReLU, cap) into ``out``; returns the tensor holding the result (the input
+    itself for a one-input sum, which in the integer graph is only a requantization)."""
+    if len(xs) == 1 and not relu and not cap:
         return xs[0]
     acc = xs[0]
     for i, x in enumerate(xs[1:], 1):
-        y = out if i == len(xs) - 1 and not relu else f"{name}/sum{i}"
+        y = out if i == len(xs) - 1 and not relu and not cap else f"{name}/sum{i}"
         b.node("Add", [acc, x], [y], f"{name}/add{i}")
         acc = y
-    if relu:
-        b.node("Relu", [acc], [out], f"{name}/relu")
+    if relu or cap:
+        _activation(b, acc, out, name, relu, cap)
     return out
 
 
-def _fusion(b: _Builder, n: str, xs: list[str], gates: list[str], bias: str, out: str) -> None:
-    """gate_rgb * rgb + gate_sparse * sparse + bias, per channel."""
+def _fusion(b: _Builder, n: str, xs: list[str], gates: list[str], bias: str, out: str, cap: float) -> None:
+    """gate_rgb * rgb + gate_sparse * sparse + bias, per channel (+ cap)."""
     for i in range(2):
         b.node("Mul", [xs[i], gates[i]], [f"{n}/mul{i}"], f"{n}/mul{i}")
     b.node("Add", [f"{n}/mul0", f"{n}/mul1"], [f"{n}/mixed"], f"{n}/add")
-    b.node("Add", [f"{n}/mixed", bias], [out], f"{n}/add_bias")
+    b.node("Add", [f"{n}/mixed", bias], [f"{n}/biased" if cap else out], f"{n}/add_bias")
+    if cap:
+        _activation(b, f"{n}/biased", out, n, False, cap)
 
 
 def _head_tensor(graph: Graph, encoding: str) -> str:
@@ -177,11 +192,11 @@ def to_fp32(graph: Graph, encoding: str) -> onnx.ModelProto:
             _conv(b, node, xs[0], b.const(f"{n}/weight", _oihw(fp["weight"]).astype(np.float32)),
                   b.const(f"{n}/bias", fp["bias"].astype(np.float32)), head if n in graph.outputs else n)
         elif node.op == "add":
-            name[n] = _add(b, n, xs, n, node.attrs["relu"])
+            name[n] = _add(b, n, xs, n, node.attrs["relu"], node.attrs.get("cap", 0))
         elif node.op == "fusion":
             gates = [b.const(f"{n}/{g}", _channel(fp[g]).astype(np.float32)) for g in ("gate_rgb", "gate_sparse")]
             _fusion(b, n, xs, gates, b.const(f"{n}/bias", _channel(fp["bias"]).astype(np.float32)),
-                    head if n in graph.outputs else n)
+                    head if n in graph.outputs else n, node.attrs.get("cap", 0))
         elif node.op == "sigmoid":
             b.node("Sigmoid", xs, [head], n)
         else:
@@ -256,12 +271,13 @@ def to_qdq(graph: Graph, encoding: str, weights: str = "int8", code_inputs: bool
             w = _dq_const(b, f"{n}/weight", _oihw(p["weight"]), p["weight_scale"], u8)
             _conv(b, node, xs[0], w, _dq_const(b, f"{n}/bias", p["bias"], acc_scale), f)
         elif node.op == "add":
-            f = _add(b, n, xs, f, node.attrs["relu"])
+            f = _add(b, n, xs, f, node.attrs["relu"], node.attrs.get("cap", 0))
         elif node.op == "fusion":
             gates = [_dq_const(b, f"{n}/coeff{i}", _channel(p[f"coeff{i}"]), p[f"coeff{i}_scale"])
                      for i in range(2)]
             out_scale = np.float32(graph.tensors[n].scale)
-            _fusion(b, n, xs, gates, _dq_const(b, f"{n}/bias", _channel(p["bias"]), out_scale), f)
+            _fusion(b, n, xs, gates, _dq_const(b, f"{n}/bias", _channel(p["bias"]), out_scale), f,
+                    node.attrs.get("cap", 0))
         elif node.op == "sigmoid":
             b.node("Sigmoid", xs, [f], n)
         else:
@@ -399,11 +415,23 @@ def sparse_input(lidar: np.ndarray, encoding: LidarEncoding) -> np.ndarray:
 
 
 def feeds(graph: Graph, rgb: np.ndarray, lidar: np.ndarray | None) -> dict[str, np.ndarray]:
-    """ONNX inputs from jaxdepth's (N, H, W, 3) image and (N, H, W) LiDAR."""
+    """ONNX inputs from jaxdepth's (N, H, W, 3) image and (N, H, W) LiDAR. An input the
+    model takes on its 8-bit grid (``model.grid_inputs``) is fed the real values of its
+    integer codes, as the FP32 model saw it."""
+    nchw = lambda x: np.ascontiguousarray(np.transpose(np.asarray(x, np.float32), (0, 3, 1, 2)))
+    on_grid = None
     out = {}
     for node in graph.nodes:
-        if node.op == "input_rgb":
-            out[node.name] = np.ascontiguousarray(np.transpose(np.asarray(rgb, np.float32), (0, 3, 1, 2)))
+        if not node.op.startswith("input"):
+            continue
+        if node.attrs.get("grid"):
+            on_grid = on_grid or make_input_codes(graph)(rgb, lidar)
+            t = graph.tensors[node.name]
+            x = (np.asarray(on_grid[node.name], np.float32) - t.zero_point) * np.float32(t.scale)
+            # the graph normalises the image itself: feed the image those values come from
+            out[node.name] = nchw(x * node.attrs["std"] + node.attrs["mean"] if node.op == "input_rgb" else x)
+        elif node.op == "input_rgb":
+            out[node.name] = nchw(rgb)
         elif node.op == "input_sparse":
             out[node.name] = sparse_input(lidar, LidarEncoding.from_attrs(node.attrs))
     return out

@@ -25,6 +25,7 @@ class DepthDecoder(nn.Module):
     num_scales: int = 4
     prior: FillCorrection | None = None
     quant: Quant = FLOAT
+    cap: float = 0.0               # the upconvs' outputs clipped at cap (``layers.capped``); 0: none
 
     @nn.compact
     def __call__(self, features: list[Tensor], train: bool = False, all_scales: bool = False,
@@ -34,11 +35,11 @@ class DepthDecoder(nn.Module):
         x = features[-1]
         offset = len(features) - len(self.channels)   # 0, or 1 with a full-resolution map
         for i in range(len(self.channels) - 1, -1, -1):
-            x = Conv(self.channels[i], 3, bn=False, quant=self.quant, name=f"upconv{i}_0")(x, train)
+            x = Conv(self.channels[i], 3, bn=False, quant=self.quant, cap=self.cap, name=f"upconv{i}_0")(x, train)
             x = Upsample(2, name=f"up{i}")(x)
             if i + offset > 0:
                 x = Concat(self.quant, name=f"skip{i}")([x, features[i + offset - 1]], train)
-            x = Conv(self.channels[i], 3, bn=False, quant=self.quant, name=f"upconv{i}_1")(x, train)
+            x = Conv(self.channels[i], 3, bn=False, quant=self.quant, cap=self.cap, name=f"upconv{i}_1")(x, train)
             if i in scales:
                 rgb_head = Head(self.out_channels, self.quant, name=f"head{i}")
                 if self.prior is None or fills is None:

@@ -98,6 +98,13 @@ def store_params(module: nn.Module, params: dict) -> None:
         module.put_variable(QPARAMS, "node", params)
 
 
+def capped(y: jax.Array, cap: float) -> jax.Array:
+    """``min(y, cap)`` (``cap`` 0: ``y``). A block's static range then ends at or below
+    ``cap``, where the integer model's codes saturate: the float model is bounded as its
+    quantized form is, and the range, no longer set by rare outliers, keeps fine steps."""
+    return jnp.minimum(y, cap) if cap else y
+
+
 class Observer(nn.Module):
     """The static range of one activation tensor."""
 
@@ -170,11 +177,12 @@ class Conv(nn.Module):
     quant: Quant = FLOAT
     zero_init: bool = False        # start at output 0 (the bias): a correction to a prior
     out_range: tuple[float, float] | None = None   # fixed uint8 output range (a head) instead of an observed int8 one
+    cap: float = 0.0               # ReLU-N: the output clipped at cap (0: unbounded); ``capped``
     OP: ClassVar[str] = "conv"
 
     def export_attrs(self) -> dict:
         return {"kernel": self.kernel, "stride": self.stride, "padding": self.kernel // 2,
-                "relu": self.relu}
+                "relu": self.relu, "cap": self.cap}
 
     @nn.compact
     def __call__(self, x: Tensor, train: bool = False) -> Tensor:
@@ -198,6 +206,7 @@ class Conv(nn.Module):
         y = self._batch_norm(y, gamma, beta, mean, var, train) if self.bn else y + bias
         if self.relu:
             y = jax.nn.relu(y)
+        y = capped(y, self.cap)
         return y if self.out_range else Observer(self.quant, name="out")(y, update=update)
 
     def _fake(self, x: qn.QValue, k_eff: jax.Array, b_eff: jax.Array, update: bool) -> qn.QValue:
@@ -214,6 +223,7 @@ class Conv(nn.Module):
         y = y + b_eff
         if self.relu:
             y = jax.nn.relu(y)
+        y = capped(y, self.cap)
         fmt = iops.HEAD_FORMAT if self.out_range else self.quant.scheme.activation
         if "multiplier" not in p:
             scale, zp = (qn.fixed_qparams(*self.out_range, fmt) if self.out_range
@@ -264,16 +274,18 @@ class Add(nn.Module):
 
     relu: bool = False
     quant: Quant = FLOAT
+    cap: float = 0.0               # the output clipped at cap (``capped``)
     OP: ClassVar[str] = "add"
 
     def export_attrs(self) -> dict:
-        return {"relu": self.relu, "left_shift": iops.ADD_LEFT_SHIFT}
+        return {"relu": self.relu, "left_shift": iops.ADD_LEFT_SHIFT, "cap": self.cap}
 
     @nn.compact
     def __call__(self, *xs: Tensor, train: bool = False) -> Tensor:
         y = sum(value(x) for x in xs)
         if self.relu:
             y = jax.nn.relu(y)
+        y = capped(y, self.cap)
         update = train or self.quant.mode == "calibrate"
         if not self.quant.fake:
             return Observer(self.quant, name="out")(y, update=update)
@@ -320,10 +332,11 @@ class Fusion(nn.Module):
     """
 
     quant: Quant = FLOAT
+    cap: float = 0.0               # the output clipped at cap (``capped``)
     OP: ClassVar[str] = "fusion"
 
     def export_attrs(self) -> dict:
-        return {"left_shift": iops.FUSION_LEFT_SHIFT}
+        return {"left_shift": iops.FUSION_LEFT_SHIFT, "cap": self.cap}
 
     @nn.compact
     def __call__(self, rgb: Tensor, sparse: Tensor, train: bool = False) -> Tensor:
@@ -333,7 +346,7 @@ class Fusion(nn.Module):
         update = train or self.quant.mode == "calibrate"
         gate_rgb, gate_sparse = jax.nn.sigmoid(w), 1.0 - jax.nn.sigmoid(w)
         if not self.quant.fake:
-            y = gate_rgb * rgb + gate_sparse * sparse + b
+            y = capped(gate_rgb * rgb + gate_sparse * sparse + b, self.cap)
             return Observer(self.quant, name="out")(y, update=update)
         p = frozen_params(self)
         if p is None:
@@ -345,7 +358,7 @@ class Fusion(nn.Module):
                            zip((gate_rgb, gate_sparse), codes, scales))
         # The observer ranges the float sum; the bias is then stored as codes at that output
         # scale (the integer form adds it after the rescale).
-        y = g_rgb * rgb.value + g_sparse * sparse.value + b
+        y = capped(g_rgb * rgb.value + g_sparse * sparse.value + b, self.cap)
         terms = [x.centered() * c for x, c in zip((rgb, sparse), codes)]
         extra = lambda scale: {"coeff0": codes[0], "coeff1": codes[1], "coeff0_scale": scales[0],
                                "coeff1_scale": scales[1], "bias": iops.fusion_bias(b, scale),
@@ -501,12 +514,15 @@ class Input(nn.Module):
 
     ``rgb``: normalised image, range [(0 - mean) / std, (1 - mean) / std].
     ``sparse``: the LiDAR depth by its ``LidarEncoding``, range [0, 1].
-    In ``fake`` mode the input may arrive quantized already (``input_codes``).
+    In ``fake`` mode the input may arrive quantized already (``input_codes``). With
+    ``grid`` the float modes too take the input on its 8-bit grid (the real values of the
+    codes the integer model is fed), so FP32 and INT8 see one input.
     """
 
     kind: str
     lidar_encoding: LidarEncoding | None = None
     quant: Quant = FLOAT
+    grid: bool = False
 
     @property
     def OP(self) -> str:   # noqa: N802 (the exporter reads OP on every block)
@@ -514,11 +530,13 @@ class Input(nn.Module):
 
     def export_attrs(self) -> dict:
         return ({"mean": RGB_MEAN, "std": RGB_STD} if self.kind == "rgb"
-                else self.lidar_encoding.attrs())
+                else self.lidar_encoding.attrs()) | {"grid": self.grid}
 
     @nn.compact
     def __call__(self, x: Tensor) -> Tensor:
         if not self.quant.fake:
+            if self.grid:
+                return quantize_input(self.kind, x, self.quant.scheme.activation, self.lidar_encoding).value
             return normalize_rgb(x) if self.kind == "rgb" else self.lidar_encoding.encode(x)
         if isinstance(x, qn.QValue):
             if x.fmt != self.quant.scheme.activation or x.name != self.kind:

@@ -37,12 +37,13 @@ class ResNetEncoder(nn.Module):
     depth: str = "resnet18"
     full_res: int = 0
     quant: Quant = FLOAT
+    grid_input: bool = False       # the float modes take the image on its 8-bit grid (``Input``)
 
     @nn.compact
     def __call__(self, rgb, train: bool = False) -> list[Tensor]:
         if self.depth not in STAGE_SIZES:
             raise ValueError(f"unknown encoder {self.depth!r}; choose one of {sorted(STAGE_SIZES)}")
-        x = Input("rgb", quant=self.quant, name="input")(rgb)
+        x = Input("rgb", quant=self.quant, grid=self.grid_input, name="input")(rgb)
         features = []
         if self.full_res:
             features.append(Conv(self.full_res, 3, quant=self.quant, name="conv0")(x, train))

@@ -64,14 +64,17 @@ class ResNetSAN(nn.Module):
     lidar_encoding: LidarEncoding = LidarEncoding()
     prior: FillCorrection | None = None       # linear heads over the fill: encodings.fill_prior
     quant: Quant = FLOAT
+    activation_cap: float = 0.0               # SAN, fusion and decoder activations clipped here
+    grid_inputs: bool = False                 # the float modes take the inputs on their 8-bit grids
 
     @nn.compact
     def __call__(self, rgb: Tensor, lidar: Tensor | None = None, train: bool = False,
                  all_scales: bool = False, dual: bool = False,
                  host_lidar: jax.Array | None = None) -> list[jax.Array] | DualOutput:
-        features = ResNetEncoder(self.encoder, self.full_res, self.quant, name="encoder")(rgb, train)
+        features = ResNetEncoder(self.encoder, self.full_res, self.quant, self.grid_inputs,
+                                 name="encoder")(rgb, train)
         decoder = DepthDecoder(self.decoder_channels, self.out_channels, self.num_scales,
-                               self.prior, self.quant, name="decoder")
+                               self.prior, self.quant, self.activation_cap, name="decoder")
         if not self.sparse or (lidar is None and not self.is_initializing()):
             if dual:
                 raise ValueError("dual=True needs a model with a SAN and a LiDAR input")
@@ -79,13 +82,14 @@ class ResNetSAN(nn.Module):
         if lidar is None:
             lidar = jnp.zeros(rgb.shape[:-1], jnp.float32)
         sparse = SparseEncoder(self.san_kernels, self.san_path_depths, self.lidar_encoding,
-                               self.full_res, self.quant, name="san")(lidar, train)
+                               self.full_res, self.quant, self.activation_cap, self.grid_inputs,
+                               name="san")(lidar, train)
         fills = None
         if self.prior is not None:
             fills = [self._host_fill(lidar, host_lidar)]
             for _ in range(1, self.num_scales if all_scales else 1):
                 fills.append(nn.max_pool(fills[-1], (2, 2), (2, 2)))
-        fused = [Fusion(self.quant, name=f"fuse{i}")(f, s, train)
+        fused = [Fusion(self.quant, self.activation_cap, name=f"fuse{i}")(f, s, train)
                  for i, (f, s) in enumerate(zip(features, sparse))]
         if self.film:
             fused[0] = FiLM(name="film")(fused[0], sparse[0])
@@ -114,7 +118,8 @@ def build_model(model_cfg, quant: Quant = FLOAT) -> ResNetSAN:
                      full_res=model_cfg.full_res,
                      decoder_channels=tuple(model_cfg.decoder_channels),
                      num_scales=model_cfg.num_scales, lidar_encoding=lidar, prior=prior,
-                     quant=quant)
+                     quant=quant, activation_cap=model_cfg.activation_cap,
+                     grid_inputs=model_cfg.grid_inputs)
 
 
 def quant_for(cfg, mode: str) -> Quant:

@@ -33,6 +33,7 @@ class SparseStage(nn.Module):
     kernel: int
     path_depths: tuple[int, ...] = (1, 2, 3)
     quant: Quant = FLOAT
+    cap: float = 0.0               # every output clipped at cap (``layers.capped``); 0: none
 
     @nn.compact
     def __call__(self, x: Tensor, mask: Tensor, train: bool) -> Tensor:
@@ -41,9 +42,10 @@ class SparseStage(nn.Module):
         for depth in self.path_depths:
             y = x
             for j in range(depth):
-                y = Conv(self.features, self.kernel, quant=self.quant, name=f"path{depth}_{j}")(y, train)
+                y = Conv(self.features, self.kernel, quant=self.quant, cap=self.cap,
+                         name=f"path{depth}_{j}")(y, train)
             paths.append(y)
-        return Add(quant=self.quant, name="sum")(*paths, train=train)
+        return Add(quant=self.quant, cap=self.cap, name="sum")(*paths, train=train)
 
 
 class SparseEncoder(nn.Module):
@@ -59,23 +61,25 @@ class SparseEncoder(nn.Module):
     lidar_encoding: LidarEncoding = LidarEncoding()
     full_res: int = 0
     quant: Quant = FLOAT
+    cap: float = 0.0               # the stages' outputs clipped at cap (``layers.capped``); 0: none
+    grid_input: bool = False       # the float modes take the LiDAR on its 8-bit grid (``Input``)
 
     @nn.compact
     def __call__(self, lidar: Tensor, train: bool = False) -> list[Tensor]:
         if len(self.kernels) != len(CHANNELS):
             raise ValueError(f"san_kernels needs {len(CHANNELS)} entries, got {self.kernels}")
-        inputs = Input("sparse", self.lidar_encoding, self.quant, name="input")(lidar)
+        inputs = Input("sparse", self.lidar_encoding, self.quant, self.grid_input, name="input")(lidar)
         x, mask = Split(0, name="depth")(inputs), Split(1, name="mask")(inputs)
         fill = Split(2, name="fill")(inputs) if self.lidar_encoding.fill else None
         if fill is not None:
             x = Concat(self.quant, name="with_fill")([x, fill], train)
         features = []
         if self.full_res:
-            features.append(SparseStage(self.full_res, 3, self.path_depths, self.quant,
+            features.append(SparseStage(self.full_res, 3, self.path_depths, self.quant, self.cap,
                                         name="stage_full")(x, mask, train))
         for i, (c, k) in enumerate(zip(CHANNELS, self.kernels)):
             x, mask = MaxPool(2, 2, name=f"pool{i}")(x), MaxPool(2, 2, name=f"mask_pool{i}")(mask)
-            x = SparseStage(c, k, self.path_depths, self.quant, name=f"stage{i}")(x, mask, train)
+            x = SparseStage(c, k, self.path_depths, self.quant, self.cap, name=f"stage{i}")(x, mask, train)
             features.append(x)
         return features
 

@@ -108,7 +108,7 @@ def post_training_quantize(model_cfg: Any, preset: str, variables: dict, batches
 
     preset = weights_preset(preset, recipe.per_channel)
     scheme = qn.get_scheme(preset)
-    float_model = build_model(model_cfg)
+    float_model = build_model(model_cfg, Quant("float", scheme))   # the scheme's input grid
     fake_model = build_model(model_cfg, Quant("fake", scheme))
     variables = transform_weights(variables, recipe)
     histograms = collect_histograms(float_model, variables, batches, use_lidar, progress=progress)
