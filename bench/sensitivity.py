@@ -7,7 +7,10 @@ the fusions and the decoder as groups, then all of them. A row is that rounding'
 |depth - FP32 depth| in mm (median, p99) over the split's valid pixels, beside the
 tensor's range and the median of its non-zero values in codes (few codes: coarse steps).
 The inputs are as the model takes them (float, or on their grid with
-``model.grid_inputs``); ``bench/deviation.py`` separates the input and output grids.
+``model.grid_inputs``); ``bench/deviation.py`` separates the input and output grids. A
+tensor rounded alone can read worse than it costs: where the next tensor's grid holds
+the original values (a concat over [0, 1] after one over [0, 0.85] of 8-bit inputs), the
+integer model, like the "all" row, rounds it back.
 Prints the tensors that cost most and one JSON line with every row. Usage:
     python bench/sensitivity.py [CHECKPOINT (default runs/default)] [--split test]
 """

@@ -69,6 +69,8 @@ def weights_on_grid(model: nn.Module, variables: dict) -> dict:
                 continue
             kernel = q[key].astype(jnp.float32) * q[block + ("node", "weight_scale")]
             if block + ("bn_scale",) in params:
-                kernel = kernel / (params[block + ("bn_scale",)] * jax.lax.rsqrt(stats[block + ("var",)] + BN_EPS))
+                inv = params[block + ("bn_scale",)] * jax.lax.rsqrt(stats[block + ("var",)] + BN_EPS)
+                # a channel whose BN scale is 0 folds to 0 whatever its kernel: keep that
+                kernel = jnp.where(inv != 0, kernel / jnp.where(inv != 0, inv, 1.0), params[block + ("kernel",)])
             params[block + ("kernel",)] = kernel
     return {**variables, "params": unflatten_dict(params)}
