@@ -154,6 +154,7 @@ def validate(cfg: Config) -> Config:
          f"{SCALES} channel counts >= 1"),
         ("model.num_scales", m.num_scales, 1 <= m.num_scales <= SCALES, f"in 1..{SCALES}"),
         ("model.full_res", m.full_res, m.full_res >= 0, ">= 0 (0: none)"),
+        ("model.activation_cap", m.activation_cap, m.activation_cap >= 0, ">= 0 (0: none)"),
         ("data.height", d.height, d.height >= STRIDE and d.height % STRIDE == 0,
          f"a positive multiple of {STRIDE}"),
         ("data.width", d.width, d.width >= STRIDE and d.width % STRIDE == 0,
