@@ -49,14 +49,20 @@ def main() -> None:
     batches = list(eval_pipeline(cfg, args.split).epoch(0))
     lidar = lambda b: b["lidar"] if cfg.model.sparse else None
 
-    # Every observed tensor, in the order the forward pass meets it, with its range.
+    # Every observed tensor, in the order the forward pass meets it: its range and the
+    # median of its non-zero values on the first batch, in codes of that range.
     seen: dict[str, tuple[float, float]] = {}
+    values: dict[str, float] = {}
 
     def record(next_fun, a, kw, ctx):
+        y = next_fun(*a, **kw)
         m = ctx.module
         if isinstance(m, Observer) and ctx.method_name == "__call__":
-            seen[path(m)] = (m.get_variable("quant", "lo"), m.get_variable("quant", "hi"))
-        return next_fun(*a, **kw)
+            seen[path(m)] = lo_hi = (float(m.get_variable("quant", "lo")), float(m.get_variable("quant", "hi")))
+            scale, _ = qn.activation_qparams(*lo_hi, fmt)
+            nz = np.abs(np.asarray(y)[np.asarray(y) != 0])
+            values[path(m)] = float(np.median(nz) / scale) if nz.size else 0.0
+        return y
 
     with nn.intercept_methods(record):
         model.apply(variables, batches[0]["rgb"], lidar(batches[0]), train=False)
@@ -88,25 +94,10 @@ def main() -> None:
         s = deviation_stats(np.concatenate(errs))
         return {"median": s["median"], "p99": s["p99"]}
 
-    # The median non-zero value of each tensor on the first batch, in codes of its range.
-    values: dict[str, float] = {}
-
-    def median_codes(next_fun, a, kw, ctx):
-        y = next_fun(*a, **kw)
-        m = ctx.module
-        if isinstance(m, Observer) and ctx.method_name == "__call__":
-            scale, _ = qn.activation_qparams(*seen[path(m)], fmt)
-            nz = np.abs(np.asarray(y)[np.asarray(y) != 0])
-            values[path(m)] = float(np.median(nz) / scale) if nz.size else 0.0
-        return y
-
-    with nn.intercept_methods(median_codes):
-        model.apply(variables, batches[0]["rgb"], lidar(batches[0]), train=False)
-
     rows = {}
     for n in names:
         rows[n] = {**deviation(np.array([m == n for m in names])),
-                   "range": [float(seen[n][0]), float(seen[n][1])], "median_codes": values[n]}
+                   "range": list(seen[n]), "median_codes": values[n]}
     groups = {g: deviation(np.array([m.startswith(g) for m in names])) for g in GROUPS
               if any(m.startswith(g) for m in names)}
     groups["all"] = deviation(np.ones(len(names), bool))

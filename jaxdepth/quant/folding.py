@@ -44,7 +44,7 @@ class FoldedConvs:
         if not self.has_bn(path):
             return np.ones(self.params[f"{path}/kernel"].shape[-1], np.float32)
         gamma, var = self.params[f"{path}/bn_scale"], self.stats[f"{path}/var"]
-        return np.asarray(gamma * jax.lax.rsqrt(jnp.asarray(var) + iops.BN_EPS))
+        return np.asarray(iops.bn_factor(gamma, jnp.asarray(var)))
 
     def folded(self, path: str) -> tuple[np.ndarray, np.ndarray]:
         """(kernel HWIO, bias) with BatchNorm folded in, as the fake-quant forward folds them."""

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from jaxdepth.models.layers import QPARAMS
-from jaxdepth.quant.integer_ops import BN_EPS
+from jaxdepth.quant.integer_ops import bn_factor
 
 _SIZE = 32   # the parameters do not depend on the input: the smallest legal size will do
 
@@ -69,7 +69,7 @@ def weights_on_grid(model: nn.Module, variables: dict) -> dict:
                 continue
             kernel = q[key].astype(jnp.float32) * q[block + ("node", "weight_scale")]
             if block + ("bn_scale",) in params:
-                inv = params[block + ("bn_scale",)] * jax.lax.rsqrt(stats[block + ("var",)] + BN_EPS)
+                inv = bn_factor(params[block + ("bn_scale",)], stats[block + ("var",)])
                 # a channel whose BN scale is 0 folds to 0 whatever its kernel: keep that
                 kernel = jnp.where(inv != 0, kernel / jnp.where(inv != 0, inv, 1.0), params[block + ("kernel",)])
             params[block + ("kernel",)] = kernel

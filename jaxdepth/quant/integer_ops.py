@@ -39,11 +39,16 @@ def clamp(y: jax.Array, fmt: qn.Format, lower: jax.Array | int | None = None) ->
 # ---------------------------------------------------------------------------------------
 # Convolution
 # ---------------------------------------------------------------------------------------
+def bn_factor(gamma: jax.Array, var: jax.Array) -> jax.Array:
+    """The per-output-channel factor BatchNorm folds into a kernel (and unfolding divides out)."""
+    return gamma * jax.lax.rsqrt(var + BN_EPS)
+
+
 def fold_batch_norm(k: jax.Array, gamma: jax.Array, beta: jax.Array, mean: jax.Array,
                     var: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Kernel and bias with BatchNorm's running statistics folded in (the NPU's BN).
     ``k``'s last axis is the output channel."""
-    inv = gamma * jax.lax.rsqrt(var + BN_EPS)
+    inv = bn_factor(gamma, var)
     return k * inv, beta - mean * inv
 
 
