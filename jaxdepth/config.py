@@ -28,6 +28,7 @@ class ModelConfig:
     lidar_fill: bool = False                   # add the nearest-return fill as an input channel
     fill_prior: bool = False                   # LiDAR pass: linear heads adding the fill (encodings.fill_prior)
     correction_curve: float = 0.0              # k of those heads' companded output (encodings.FillCorrection); 0: linear
+    correction_phases: int = 1                 # uint8 copies of that output, rounded 1/phases of a code apart
     min_depth: float = 0.5
     max_depth: float = 15.0
     sparse: bool = True                        # build the sparse auxiliary network (SAN)
@@ -155,6 +156,7 @@ def validate(cfg: Config) -> Config:
         ("model.num_scales", m.num_scales, 1 <= m.num_scales <= SCALES, f"in 1..{SCALES}"),
         ("model.full_res", m.full_res, m.full_res >= 0, ">= 0 (0: none)"),
         ("model.activation_cap", m.activation_cap, m.activation_cap >= 0, ">= 0 (0: none)"),
+        ("model.correction_phases", m.correction_phases, m.correction_phases >= 1, ">= 1"),
         ("data.height", d.height, d.height >= STRIDE and d.height % STRIDE == 0,
          f"a positive multiple of {STRIDE}"),
         ("data.width", d.width, d.width >= STRIDE and d.width % STRIDE == 0,

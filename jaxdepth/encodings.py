@@ -355,12 +355,16 @@ class FillCorrection:
     and near 0 one code of z is ``k / sinh(k) / 127.5`` of the encoding's range (k = 5:
     5.3e-4, 0.18 % of the depth for the log head over 0.5-15 m, against 1.33 % for the head
     value on its own uint8 grid), while |z| = 1 still reaches a correction of the whole
-    range. ``k`` = 0 is linear (2 / 255 per code).
+    range. ``k`` = 0 is linear (2 / 255 per code). With ``phases`` > 1 the graph outputs z
+    in that many copies, each rounded at a point shifted by 1 / ``phases`` of a code
+    (``integer_ops.spread_phases``), and the host takes their mean (``merge_phases``): z
+    on a grid ``phases`` times finer for as many uint8 output channels.
     """
 
     a: float
     b: float
     k: float = 0.0
+    phases: int = 1
 
     def expand(self, z: jax.Array) -> jax.Array:
         z = jnp.clip(z, -1.0, 1.0)
@@ -387,7 +391,7 @@ class FillCorrection:
         return masked_mean(gap, mask)
 
 
-def fill_prior(encoding: Encoding, lidar: LidarEncoding, k: float = 0.0) -> FillCorrection:
+def fill_prior(encoding: Encoding, lidar: LidarEncoding, k: float = 0.0, phases: int = 1) -> FillCorrection:
     """The linear heads of ``model.fill_prior``: ``encoding.encode(d) = a * nearness(d) + b``
     at every depth in range, so a network that outputs 0 reproduces nearest fill exactly.
     An exact affine map exists for a log head on the log LiDAR input and an inverse head
@@ -399,11 +403,13 @@ def fill_prior(encoding: Encoding, lidar: LidarEncoding, k: float = 0.0) -> Fill
         raise ValueError("model.fill_prior: the head and the LiDAR input need the same depth range")
     if k < 0:
         raise ValueError(f"model.correction_curve: must be >= 0, got {k}")
+    if phases < 1:
+        raise ValueError(f"model.correction_phases: must be >= 1, got {phases}")
     if encoding.name == "log" and lidar.kind == "log":
-        return FillCorrection(-1.0 / (1.0 - _LOG_FLOOR), 1.0 / (1.0 - _LOG_FLOOR), k)
+        return FillCorrection(-1.0 / (1.0 - _LOG_FLOOR), 1.0 / (1.0 - _LOG_FLOOR), k, phases)
     if encoding.name == "inverse" and lidar.kind == "inverse":
         lo, hi = 1.0 / encoding.max_depth, 1.0 / encoding.min_depth
-        return FillCorrection(1.0 / (encoding.min_depth * (hi - lo)), -lo / (hi - lo), k)
+        return FillCorrection(1.0 / (encoding.min_depth * (hi - lo)), -lo / (hi - lo), k, phases)
     raise ValueError(f"model.fill_prior: no affine map from the {lidar.kind!r} LiDAR input to the "
                      f"{encoding.name!r} head; use encoding and lidar_encoding both 'log' or both 'inverse'")
 
@@ -417,7 +423,8 @@ def get_fill_prior(model_cfg) -> FillCorrection | None:
     """The linear heads of a ``ModelConfig`` (None without ``fill_prior`` or a SAN)."""
     if not (model_cfg.fill_prior and model_cfg.sparse):
         return None
-    return fill_prior(get_encoding(model_cfg), get_lidar_encoding(model_cfg), model_cfg.correction_curve)
+    return fill_prior(get_encoding(model_cfg), get_lidar_encoding(model_cfg), model_cfg.correction_curve,
+                      model_cfg.correction_phases)
 
 
 def _correction_qparams() -> tuple[jax.Array, jax.Array]:
@@ -430,9 +437,9 @@ def output_decoder(model_cfg, use_lidar: bool) -> Callable[[jax.Array, jax.Array
     """``(output codes, LiDAR metres) -> depth`` for an INT8 model's graph, jitted.
 
     A sigmoid head's codes are its values times 255 (``decode_codes``). The LiDAR graph of
-    a model with linear heads outputs the correction z (uint8 over ``CORRECTION_RANGE``),
-    and the host adds the fill it computes from the same LiDAR in float
-    (``FillCorrection``).
+    a model with linear heads outputs the correction z (uint8 over ``CORRECTION_RANGE``,
+    in ``phases`` copies that it merges), and the host adds the fill it computes from the
+    same LiDAR in float (``FillCorrection``).
     """
     enc, prior = get_encoding(model_cfg), get_fill_prior(model_cfg)
     if prior is None or not use_lidar:
@@ -441,8 +448,10 @@ def output_decoder(model_cfg, use_lidar: bool) -> Callable[[jax.Array, jax.Array
 
     @jax.jit
     def decode(codes: jax.Array, lidar: jax.Array) -> jax.Array:
+        from jaxdepth.quant import integer_ops as iops
         scale, zp = _correction_qparams()
         z = (jnp.asarray(codes, jnp.int32) - zp).astype(jnp.float32) * scale
+        z = iops.merge_phases(z, prior.phases, iops.CORRECTION_RANGE)
         return enc.decode(prior.head(z, lidar_enc.fill_channel(lidar)))
 
     return decode
@@ -463,6 +472,7 @@ def output_grid(model_cfg, use_lidar: bool) -> Callable[[jax.Array, jax.Array | 
     @jax.jit
     def rounded(heads: jax.Array, lidar: jax.Array) -> jax.Array:
         z = prior.compress(heads - prior.a * lidar_enc.fill_channel(lidar) - prior.b)
+        z = iops.spread_phases(z, prior.phases, iops.CORRECTION_RANGE)
         return decode(qn.quantize(z, *_correction_qparams(), iops.HEAD_FORMAT), lidar)
 
     return rounded

@@ -237,6 +237,29 @@ def test_fill_correction_companding(k):
     assert float(jax.grad(lambda z: c.expand(z))(0.0)) == pytest.approx(1.0 if k == 0 else 5.0 / np.sinh(5.0), rel=1e-5)
 
 
+@pytest.mark.parametrize("phases", [1, 2, 4])
+def test_phase_copies_round_finer(phases):
+    from jaxdepth.quant import integer_ops as iops
+    from jaxdepth.quant import numerics as qn
+
+    r = iops.CORRECTION_RANGE
+    scale, zp = qn.fixed_qparams(*r, iops.HEAD_FORMAT)
+    z = jnp.linspace(-0.99, 0.99, 20001)[:, None]                  # (P, 1): one channel
+    copies = iops.spread_phases(z, phases, r)
+    assert copies.shape == (20001, phases)
+    np.testing.assert_allclose(iops.merge_phases(copies, phases, r), z, atol=1e-6)   # inverse on real values
+    codes = qn.quantize(copies, scale, zp, iops.HEAD_FORMAT)
+    # copy i rounds i / phases of a code later: its code is the first copy's or one more
+    assert set(np.unique(np.asarray(codes - codes[:, :1]))) <= {0, 1}
+    err = np.abs(np.asarray(iops.merge_phases((codes - zp) * scale, phases, r) - z))
+    # within half a code / phases, and uniform over that interval: the mean error is a quarter of it
+    assert err.max() <= float(scale) / (2 * phases) + 1e-6
+    assert err.mean() == pytest.approx(float(scale) / (4 * phases), rel=0.02)
+    # two channels (C = 2) keep their copies apart
+    two = jnp.concatenate([z, -z], axis=-1)
+    np.testing.assert_allclose(iops.merge_phases(iops.spread_phases(two, phases, r), phases, r), two, atol=1e-6)
+
+
 @pytest.mark.parametrize("k", [0.0, 5.0])
 def test_fill_correction_code_loss_is_l1_in_z(k):
     from jaxdepth.encodings import FillCorrection

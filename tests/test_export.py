@@ -37,6 +37,16 @@ def config(data_root: Path, preset: str):
     return tiny_cfg(data_root, data_root.parent / "unused_run", quant__preset=preset)
 
 
+def initialised(model) -> dict:
+    """A model's variables at seed 0, for the tiny H x W inputs."""
+    return jax.jit(lambda k: model.init(k, jnp.zeros((1, H, W, 3)), jnp.zeros((1, H, W))))(jax.random.PRNGKey(0))
+
+
+def with_ranges(cfg, model, variables: dict) -> dict:
+    """``variables`` with min-max ranges calibrated on the calib split, both modes."""
+    return {**variables, "quant": calibrate(model, variables, eval_pipeline(cfg, "calib").epoch(0), use_lidar=True)}
+
+
 @functools.cache
 def calibrated(data_root: Path) -> dict:
     """The tiny untrained model's variables (scale-0 head only, so that every observer is
@@ -44,10 +54,7 @@ def calibrated(data_root: Path) -> dict:
     preset derives its scales from the same ones."""
     cfg = config(data_root, "npu_strict")
     model = build_model(cfg.model)
-    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, H, W, 3)), jnp.zeros((1, H, W))))(
-        jax.random.PRNGKey(0))
-    quant = calibrate(model, variables, eval_pipeline(cfg, "calib").epoch(0), use_lidar=True)
-    return {**variables, "quant": quant}
+    return with_ranges(cfg, model, initialised(model))
 
 
 @functools.cache
@@ -63,23 +70,28 @@ def exported(data_root: Path, preset: str, condition: str = "ptq") -> tuple:
 
 
 @functools.cache
-def prior_exported(data_root: Path) -> tuple:
+def prior_exported(data_root: Path, phases: int = 1) -> tuple:
     """(cfg, variables, graph) of a model with linear heads over the LiDAR fill
     (``model.fill_prior``, companded correction), min-max ranges. The head conv, which
-    starts at 0, gets random weights, so its corrections differ from pixel to pixel."""
+    starts at 0, gets random weights, so its corrections differ from pixel to pixel.
+    With ``phases``, the same variables export its correction in that many copies
+    (``model.correction_phases``; the head's range is fixed, so calibration is the same)."""
+    if phases > 1:
+        from jaxdepth.config import replace
+
+        cfg, variables, _ = prior_exported(data_root)
+        cfg = replace(cfg, model={"correction_phases": phases})
+        return cfg, variables, export_graph(cfg, variables, H, W)
     cfg = tiny_cfg(data_root, data_root.parent / "unused_run", model__encoding="log",
                    model__lidar_encoding="log", model__lidar_fill=True, model__fill_prior=True,
                    model__correction_curve=5.0)
     model = build_model(cfg.model)
-    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, H, W, 3)), jnp.zeros((1, H, W))))(
-        jax.random.PRNGKey(0))
+    variables = initialised(model)
     conv = variables["params"]["decoder"]["fill_head0"]["conv"]
     conv = {**conv, "kernel": 0.05 * jax.random.normal(jax.random.PRNGKey(1), conv["kernel"].shape)}
     params = {**variables["params"], "decoder": {**variables["params"]["decoder"],
                                                  "fill_head0": {"conv": conv}}}
-    variables = {**variables, "params": params}
-    variables = {**variables, "quant": calibrate(model, variables, eval_pipeline(cfg, "calib").epoch(0),
-                                                 use_lidar=True)}
+    variables = with_ranges(cfg, model, {**variables, "params": params})
     return cfg, variables, export_graph(cfg, variables, H, W)
 
 
@@ -94,10 +106,7 @@ def capped_exported(data_root: Path) -> tuple:
                    model__lidar_encoding="log", model__lidar_fill=True,
                    model__activation_cap=CAP, model__grid_inputs=True)
     model = build_model(cfg.model)
-    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, H, W, 3)), jnp.zeros((1, H, W))))(
-        jax.random.PRNGKey(0))
-    variables = {**variables, "quant": calibrate(model, variables, eval_pipeline(cfg, "calib").epoch(0),
-                                                 use_lidar=True)}
+    variables = with_ranges(cfg, model, initialised(model))
     return cfg, variables, export_graph(cfg, variables, H, W)
 
 
@@ -252,10 +261,7 @@ def test_full_resolution_skip_and_filled_log_lidar_input_export_exactly(tiny_dat
     cfg = tiny_cfg(tiny_data, tiny_data.parent / "unused_run", model__full_res=4,
                    model__lidar_encoding="log", model__lidar_fill=True)
     model = build_model(cfg.model)
-    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, H, W, 3)), jnp.zeros((1, H, W))))(
-        jax.random.PRNGKey(0))
-    variables = {**variables, "quant": calibrate(model, variables, eval_pipeline(cfg, "calib").epoch(0),
-                                                 use_lidar=True)}
+    variables = with_ranges(cfg, model, initialised(model))
     graph = export_graph(cfg, variables, H, W)
     nodes = {n.name: n for n in graph.nodes}
     assert nodes["sparse"].attrs["lidar_encoding"] == "log" and nodes["sparse"].attrs["lidar_fill"]
@@ -351,14 +357,51 @@ def test_linear_heads_over_the_fill_export_exactly_with_and_without_lidar(tiny_d
         np.testing.assert_allclose(np.asarray(depth), np.asarray(fake_depth), rtol=1e-6)
 
 
+def test_phased_correction_exports_exactly_and_rounds_finer(tiny_data):
+    from jaxdepth.encodings import get_encoding, output_decoder, output_grid
+    from jaxdepth.evaluate import make_head_codes, make_predict
+    from jaxdepth.models import quant_for
+    from jaxdepth.quant.freeze import freeze, weights_on_grid
+
+    cfg, variables, graph = prior_exported(tiny_data, 4)
+    names = tuple(f"fill_correction_{i}" for i in range(4))
+    assert artifact.output_names(graph, "log") == names
+    assert artifact.manifest(graph, cfg)["encoding"]["fill_correction"]["phases"] == 4
+    # One conv, four output channels: the same int8 kernel, biases a quarter of an output
+    # code apart (in accumulator units, where a code is 1 / multiplier).
+    p = next(n for n in graph.nodes if n.name == "decoder/fill_head0/conv").int_params
+    assert p["weight"].shape[-1] == 4 and (p["weight"] == p["weight"][..., :1]).all()
+    code = 2.0 ** (31 + int(p["shift"])) / float(p["multiplier"])
+    np.testing.assert_allclose(np.diff(p["bias"].astype(np.float64)), code / 4, atol=1.0)
+    fake = build_model(cfg.model, quant_for(cfg, "fake"))
+    b = first_test_batch(cfg)
+    frozen = freeze(fake, variables, True)
+    got = np.asarray(make_integer_forward(graph)(b["rgb"], b["lidar"]), np.int32)
+    np.testing.assert_array_equal(got, np.asarray(make_head_codes(fake, True)(frozen, b["rgb"], b["lidar"])))
+    steps = got - got[..., :1]
+    assert set(np.unique(steps)) == {0, 1} and (np.diff(steps, axis=-1) >= 0).all()   # staggered rounding
+    depth = output_decoder(cfg.model, True)(got, b["lidar"])
+    fake_depth = make_predict(fake, get_encoding(cfg.model), True)(frozen, b["rgb"], b["lidar"])
+    np.testing.assert_allclose(np.asarray(depth), np.asarray(fake_depth), rtol=1e-6)
+    # QAT's last step puts the one kernel the copies share on its grid.
+    kernel = weights_on_grid(fake, variables)["params"]["decoder"]["fill_head0"]["conv"]["kernel"]
+    np.testing.assert_allclose(kernel, p["weight"][..., :1] * np.reshape(p["weight_scale"], -1)[:1], rtol=1e-6)
+    # The same FP32 heads on the output grid of one copy and of four: four times finer.
+    one, _, _ = prior_exported(tiny_data)
+    heads = build_model(cfg.model).apply(variables, b["rgb"], b["lidar"])[0]
+    fp32 = get_encoding(cfg.model).decode(heads)
+    err = {n: np.abs(np.asarray(output_grid(c.model, True)(heads, b["lidar"]) - fp32)).mean()
+           for n, c in ((1, one), (4, cfg))}
+    assert err[4] == pytest.approx(err[1] / 4, rel=0.15), err
+
+
 def test_film_has_no_int8_form(tiny_data):
     from jaxdepth.config import replace
 
     cfg, variables, _ = exported(tiny_data, "npu_strict")
     film = replace(cfg, model={"film": True})
     model = build_model(film.model)
-    v = jax.jit(lambda k: model.init(k, jnp.zeros((1, H, W, 3)), jnp.zeros((1, H, W))))(jax.random.PRNGKey(0))
-    v = {**v, "quant": variables["quant"]}
+    v = {**initialised(model), "quant": variables["quant"]}
     with pytest.raises(ExportError, match="FiLM.*no INT8 form|no INT8 form.*FiLM"):
         export_graph(film, v, H, W)
 

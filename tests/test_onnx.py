@@ -123,20 +123,24 @@ def test_qdq_layers_in_onnxruntime_match_integer_layers(tiny_data, preset):
     assert total > 1_000_000 and equal / total >= 0.9999, equal / total
 
 
-def test_linear_heads_over_the_fill_in_onnxruntime(tiny_data):
+@pytest.mark.parametrize("phases", [1, 4])
+def test_linear_heads_over_the_fill_in_onnxruntime(tiny_data, phases):
     from jaxdepth.encodings import get_fill_prior, get_lidar_encoding
+    from jaxdepth.quant import integer_ops as iops
 
-    cfg, variables, graph = prior_exported(tiny_data)
+    cfg, variables, graph = prior_exported(tiny_data, phases)
     model = build_model(cfg.model)
     prior, lidar_enc = get_fill_prior(cfg.model), get_lidar_encoding(cfg.model)
     fp32_heads = jax.jit(lambda v, rgb, lidar: model.apply(v, rgb, lidar)[0])
     fp32 = xonnx.session(xonnx.to_fp32(graph, "log"))
     integer = xonnx.session(xonnx.to_integer(graph, "log"))
-    assert [o.name for o in fp32.get_outputs()] == ["fill_correction"]
+    names = ["fill_correction"] if phases == 1 else [f"fill_correction_{i}" for i in range(phases)]
+    assert [o.name for o in fp32.get_outputs()] == [o.name for o in integer.get_outputs()] == names
     forward = make_integer_forward(graph)
     for batch in eval_pipeline(cfg, "test").epoch(0):
         want = np.asarray(fp32_heads(variables, batch["rgb"], batch["lidar"]))
         z = xonnx.heads(fp32, graph, "log", xonnx.feeds(graph, batch["rgb"], batch["lidar"]))
+        z = iops.merge_phases(z, phases, iops.CORRECTION_RANGE)
         got = np.asarray(prior.head(z, lidar_enc.fill_channel(batch["lidar"])))   # the host's sum
         assert np.abs(got - want).max() < 1e-4
         codes = xonnx.heads(integer, graph, "log", xonnx.code_feeds(graph, batch["rgb"], batch["lidar"]))

@@ -60,10 +60,11 @@ def _encoding(graph: Graph, cfg: Config) -> dict:
     out = {"name": enc.name, "channels": enc.channels, "min_depth": enc.min_depth,
            "max_depth": enc.max_depth}
     prior = get_fill_prior(cfg.model)
-    if prior is None or output_names(graph, enc.name) != ("fill_correction",):
+    if prior is None or not is_correction(graph):
         return {**out, "decode": "depth_m = decode(head_codes / 255), see docs/export_format.md"}
-    return {**out, "fill_correction": {"a": prior.a, "b": prior.b, "k": prior.k},
-            "decode": "z = (code - zero_point) * scale; head = a * fill + b + sinh(k z) / sinh(k) "
+    return {**out, "fill_correction": {"a": prior.a, "b": prior.b, "k": prior.k, "phases": prior.phases},
+            "decode": "z = mean over the phases i of (code_i - zero_point - i / phases) * scale; "
+                      "head = a * fill + b + sinh(k z) / sinh(k) "
                       "(z when k = 0), fill = the host's float fill channel of the LiDAR input; "
                       "depth_m = decode(head), see docs/export_format.md"}
 
@@ -105,14 +106,21 @@ def manifest(graph: Graph, cfg: Config, fp32_parameters: int | None = None) -> d
     return out
 
 
+def is_correction(graph: Graph) -> bool:
+    """Whether the graph ends in the correction's conv of a linear head over the LiDAR
+    fill (``encodings.FillCorrection``; the host adds the fill), not in a sigmoid."""
+    return next(n.op for n in graph.nodes if n.output == graph.outputs[0]) == "conv"
+
+
 def output_names(graph: Graph, encoding: str) -> tuple[str, ...]:
     """Names of the output's channels: the encoding's head channels (``depth_log``;
-    ``int``, ``frac``; ``coarse``, ``cos_4m``, ...), or ``fill_correction`` for the LiDAR
-    graph of linear heads over the fill, which ends in the correction's conv
-    (``encodings.FillCorrection``; the host adds the fill)."""
+    ``int``, ``frac``; ``coarse``, ``cos_4m``, ...), or ``fill_correction`` for the
+    correction of a linear head (``is_correction``), ``fill_correction_0`` ... for its
+    phase-shifted copies."""
     out = graph.outputs[0]
-    if next(n.op for n in graph.nodes if n.output == out) == "conv":
-        names = ("fill_correction",)
+    if is_correction(graph):
+        phases = graph.tensors[out].shape[3]
+        names = ("fill_correction",) if phases == 1 else tuple(f"fill_correction_{i}" for i in range(phases))
     else:
         names = ENCODINGS[encoding]().head_names
     if len(names) != graph.tensors[out].shape[3]:

@@ -14,7 +14,8 @@ The integer model (and the QDQ model with ``code_inputs``) takes the input codes
 (``code_feeds``). Outputs are named after the head channels (``depth_log``; ``int`` and
 ``frac`` for the integer/fraction encoding, split from the 2-channel head), each
 (N, 1, H, W); the LiDAR graph of linear heads over the fill outputs ``fill_correction``,
-the correction z to which the host adds its fill (``encodings.output_decoder``). The FP32
+the correction z to which the host adds its fill (``encodings.output_decoder``), or its
+phase copies ``fill_correction_0`` ... (``model.correction_phases``). The FP32
 model outputs the head values (a sigmoid's in [0, 1]; z unclipped); the INT8 models output
 the uint8 codes (a sigmoid head's value = code / 255), comparable code for code with
 ``integer.make_integer_forward``.

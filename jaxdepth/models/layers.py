@@ -178,6 +178,7 @@ class Conv(nn.Module):
     zero_init: bool = False        # start at output 0 (the bias): a correction to a prior
     out_range: tuple[float, float] | None = None   # fixed uint8 output range (a head) instead of an observed int8 one
     cap: float = 0.0               # ReLU-N: the output clipped at cap (0: unbounded); ``capped``
+    phases: int = 1                # with out_range: each output channel in phase-shifted copies (``iops.spread_phases``)
     OP: ClassVar[str] = "conv"
 
     def export_attrs(self) -> dict:
@@ -197,6 +198,11 @@ class Conv(nn.Module):
             var = self.variable("batch_stats", "var", jnp.ones, (self.features,))
         else:
             bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        if self.phases > 1:
+            if self.bn or self.out_range is None:
+                raise ValueError(f"{path(self)}: phases need a fixed output range and a bias, not BatchNorm")
+            k = jnp.repeat(k, self.phases, axis=-1)   # one kernel: the copies differ by their bias only
+            bias = iops.spread_phases(bias, self.phases, self.out_range)
         update = train or self.quant.mode == "calibrate"
         if self.quant.fake:
             k_eff, b_eff = (iops.fold_batch_norm(k, gamma, beta, mean.value, var.value) if self.bn
@@ -447,8 +453,9 @@ class Sigmoid(nn.Module):
 
 class Head(nn.Module):
     """Conv3x3 -> ``channels`` -> sigmoid; with ``prior``, a linear head over the LiDAR
-    fill: conv3x3 -> the correction z, uint8 over ``CORRECTION_RANGE`` (the graph's output),
-    and ``prior.head(z, fill)`` with the host's float ``fill`` (``encodings.FillCorrection``).
+    fill: conv3x3 -> the correction z, uint8 over ``CORRECTION_RANGE`` (the graph's output,
+    in ``prior.phases`` phase-shifted copies, ``iops.spread_phases``), and
+    ``prior.head(z, fill)`` with the host's float ``fill`` (``encodings.FillCorrection``).
 
     Its conv starts at 0 (at nearest fill): a kaiming-initialised conv starts with
     corrections of whole depth ranges, and training then silences the features it reads
@@ -469,10 +476,13 @@ class Head(nn.Module):
             out = Sigmoid(self.quant, name="sigmoid")(logits)
         else:
             out = Conv(self.channels, 3, bn=False, relu=False, quant=self.quant, zero_init=True,
-                       out_range=iops.CORRECTION_RANGE, name="conv")(x, train)
+                       out_range=iops.CORRECTION_RANGE, phases=self.prior.phases, name="conv")(x, train)
         if isinstance(out, qn.QValue):
             self.sow("intermediates", "codes", out.codes)
-        return out if self.prior is None else self.prior.head(value(out), fill)
+        if self.prior is None:
+            return out
+        z = iops.merge_phases(value(out), self.prior.phases, iops.CORRECTION_RANGE)
+        return self.prior.head(z, fill)
 
 
 RGB_MEAN, RGB_STD = 0.45, 0.225

@@ -68,6 +68,8 @@ def weights_on_grid(model: nn.Module, variables: dict) -> dict:
             if key[-2:] != ("node", "weight") or block + ("kernel",) not in params:
                 continue
             kernel = q[key].astype(jnp.float32) * q[block + ("node", "weight_scale")]
+            phases = kernel.shape[-1] // params[block + ("kernel",)].shape[-1]
+            kernel = kernel[..., ::phases]        # a phased head's copies share one kernel
             if block + ("bn_scale",) in params:
                 inv = bn_factor(params[block + ("bn_scale",)], stats[block + ("var",)])
                 # a channel whose BN scale is 0 folds to 0 whatever its kernel: keep that

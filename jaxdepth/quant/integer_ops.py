@@ -213,6 +213,28 @@ HEAD_RANGE = (0.0, 1.0)
 CORRECTION_RANGE = (-1.0, 1.0)   # a linear head's companded correction (encodings.FillCorrection)
 
 
+def spread_phases(x: jax.Array, phases: int, out_range: tuple[float, float]) -> jax.Array:
+    """(..., C) -> (..., C * phases): each channel repeated, copy i raised by i / phases of
+    one output code of ``out_range``. A head conv's kernel is repeated and its bias spread
+    so: the copies compute one value and round it at staggered points, so the uint8 codes
+    of all of them together (``merge_phases``) hold it ``phases`` times finer than one code."""
+    if phases == 1:
+        return x
+    scale, _ = qn.fixed_qparams(*out_range, HEAD_FORMAT)
+    offsets = scale * jnp.arange(phases, dtype=jnp.float32) / phases
+    return jnp.repeat(x, phases, axis=-1) + jnp.tile(offsets, x.shape[-1])
+
+
+def merge_phases(x: jax.Array, phases: int, out_range: tuple[float, float]) -> jax.Array:
+    """(..., C * phases) -> (..., C): the inverse of ``spread_phases`` on real values, the
+    mean of each channel's copies less their offsets. On the copies' dequantized codes the
+    error is at most half a code / ``phases`` (away from the range's ends)."""
+    if phases == 1:
+        return x
+    zero = spread_phases(jnp.zeros((1,), x.dtype), phases, out_range)
+    return (x - jnp.tile(zero, x.shape[-1] // phases)).reshape(x.shape[:-1] + (-1, phases)).mean(-1)
+
+
 def head_codes(x: jax.Array) -> jax.Array:
     """uint8 head codes (int32) of head outputs ``x`` in [0, 1]."""
     out_scale, out_zp = qn.fixed_qparams(*HEAD_RANGE, HEAD_FORMAT)
