@@ -44,8 +44,7 @@ def head_unrounded(graph, codes: dict, prior, fill: np.ndarray) -> np.ndarray:
     y = np.asarray(acc + p["bias"], np.float64) * (spec.scale * np.asarray(p["weight_scale"], np.float64))
     if head.op == "sigmoid":
         return np.asarray(jax.nn.sigmoid(y))
-    z = iops.merge_phases(jnp.asarray(y, jnp.float32), prior.phases, iops.CORRECTION_RANGE)
-    return np.asarray(prior.head(z, fill))
+    return np.asarray(prior.head(prior.merged(jnp.asarray(y, jnp.float32)), fill))
 
 
 def main() -> None:

@@ -8,7 +8,9 @@ heads at scales 0..3, heads resized bilinearly to full resolution for the intege
 loss, gradient clipping and AdamW. Both sides run the integer/fraction dual head and an
 inverse-depth LiDAR input without the fill channel: the default config's log head, log
 LiDAR input, fill channel and linear heads are not rebuilt in PyTorch (they change only
-the input layer and the heads). With the SAN it trains as ``train_lib.make_train_step``
+the input layer and the heads). The config's ``model.activation_cap`` (ReLU-N on the SAN,
+the fusions and the decoder's convs) and ``model.grid_inputs`` (both inputs rounded to
+their 8-bit grids) are. With the SAN it trains as ``train_lib.make_train_step``
 does: the fused pass, the RGB-only pass (``train.mono_weight``) and the skip consistency
 term (``train.consistency_weight``). Both sides use 2 threads and the same shapes; the two
 frameworks' steps alternate (A B A B ...) so both see the same machine load, and the
@@ -42,16 +44,28 @@ BN_EPS = 1e-5
 
 
 class ConvBlock(nn.Sequential):
-    """Conv with 'same' zero padding, + BatchNorm or bias, + ReLU (``layers.Conv``)."""
+    """Conv with 'same' zero padding, + BatchNorm or bias, + ReLU, or ReLU-N with ``cap``
+    (``layers.Conv``)."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, bn: bool = True,
-                 relu: bool = True) -> None:
+                 relu: bool = True, cap: float = 0.0) -> None:
         parts: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=not bn)]
         if bn:
             parts.append(nn.BatchNorm2d(cout, BN_EPS, BN_MOMENTUM))
         if relu:
-            parts.append(nn.ReLU())
+            parts.append(nn.Hardtanh(0.0, cap) if cap else nn.ReLU())
         super().__init__(*parts)
+
+
+def capped(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """``layers.capped``: x clipped at ``cap`` (0: unchanged)."""
+    return torch.clamp(x, max=cap) if cap else x
+
+
+def on_grid(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """x rounded to the uint8 grid over [lo, hi] (``layers.Input`` with ``grid``)."""
+    step = (hi - lo) / 255.0
+    return lo + torch.clamp(torch.round((x - lo) / step), 0, 255) * step
 
 
 class BasicBlock(nn.Module):
@@ -75,8 +89,9 @@ def encoder_channels(full_res: int) -> tuple[int, ...]:
 
 
 class ResNet18Encoder(nn.Module):
-    def __init__(self, full_res: int) -> None:
+    def __init__(self, full_res: int, grid: bool = False) -> None:
         super().__init__()
+        self.grid = grid
         self.conv0 = ConvBlock(3, full_res, 3) if full_res else None
         self.conv1 = ConvBlock(3, CHANNELS[0], 7, 2)
         self.layers = nn.ModuleList()
@@ -88,6 +103,8 @@ class ResNet18Encoder(nn.Module):
 
     def forward(self, rgb: torch.Tensor) -> list[torch.Tensor]:
         x = (rgb - RGB_MEAN) / RGB_STD
+        if self.grid:
+            x = on_grid(x, -RGB_MEAN / RGB_STD, (1.0 - RGB_MEAN) / RGB_STD)
         features = [self.conv0(x)] if self.conv0 is not None else []
         x = self.conv1(x)
         features.append(x)
@@ -99,30 +116,33 @@ class ResNet18Encoder(nn.Module):
 
 
 class SparseStage(nn.Module):
-    def __init__(self, cin: int, cout: int, kernel: int, path_depths: tuple[int, ...]) -> None:
+    def __init__(self, cin: int, cout: int, kernel: int, path_depths: tuple[int, ...], cap: float) -> None:
         super().__init__()
+        self.cap = cap
         self.paths = nn.ModuleList(
-            nn.Sequential(*[ConvBlock(cin + 1 if j == 0 else cout, cout, kernel) for j in range(d)])
+            nn.Sequential(*[ConvBlock(cin + 1 if j == 0 else cout, cout, kernel, cap=cap) for j in range(d)])
             for d in path_depths)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = torch.cat([x, mask], 1)
-        return sum(path(x) for path in self.paths)
+        return capped(sum(path(x) for path in self.paths), self.cap)
 
 
 class SparseEncoder(nn.Module):
     def __init__(self, kernels: tuple[int, ...], path_depths: tuple[int, ...], min_depth: float,
-                 full_res: int) -> None:
+                 full_res: int, cap: float, grid: bool) -> None:
         super().__init__()
-        self.min_depth = min_depth
-        self.stage_full = SparseStage(1, full_res, 3, path_depths) if full_res else None
+        self.min_depth, self.grid = min_depth, grid
+        self.stage_full = SparseStage(1, full_res, 3, path_depths, cap) if full_res else None
         cins = (1,) + CHANNELS[:-1]
-        self.stages = nn.ModuleList(SparseStage(ci, co, k, path_depths)
+        self.stages = nn.ModuleList(SparseStage(ci, co, k, path_depths, cap)
                                     for ci, co, k in zip(cins, CHANNELS, kernels))
 
     def forward(self, lidar: torch.Tensor) -> list[torch.Tensor]:
         mask = (lidar > 0).float()
         x = torch.where(lidar > 0, self.min_depth / lidar.clamp(min=self.min_depth), 0.0)   # inverse
+        if self.grid:
+            x = on_grid(x, 0.0, 1.0)
         features = [self.stage_full(x, mask)] if self.stage_full is not None else []
         for stage in self.stages:
             x, mask = F.max_pool2d(x, 2), F.max_pool2d(mask, 2)
@@ -132,19 +152,20 @@ class SparseEncoder(nn.Module):
 
 
 class Fusion(nn.Module):
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, cap: float) -> None:
         super().__init__()
+        self.cap = cap
         self.gate = nn.Parameter(torch.full((1, channels, 1, 1), 0.5))
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
     def forward(self, rgb: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         s = torch.sigmoid(self.gate)
-        return s * rgb + (1 - s) * sparse + self.bias
+        return capped(s * rgb + (1 - s) * sparse + self.bias, self.cap)
 
 
 class DepthDecoder(nn.Module):
     def __init__(self, channels: tuple[int, ...], out_channels: int, num_scales: int,
-                 skips: tuple[int, ...]) -> None:
+                 skips: tuple[int, ...], cap: float) -> None:
         super().__init__()
         self.num_scales = num_scales
         self.offset = len(skips) - len(channels)   # 0, or 1 with a full-resolution map
@@ -152,8 +173,8 @@ class DepthDecoder(nn.Module):
         for i in range(len(channels)):
             cin = CHANNELS[-1] if i == len(channels) - 1 else channels[i + 1]
             skip = skips[i + self.offset - 1] if i + self.offset > 0 else 0
-            self.up0.append(ConvBlock(cin, channels[i], 3, bn=False))
-            self.up1.append(ConvBlock(channels[i] + skip, channels[i], 3, bn=False))
+            self.up0.append(ConvBlock(cin, channels[i], 3, bn=False, cap=cap))
+            self.up1.append(ConvBlock(channels[i] + skip, channels[i], 3, bn=False, cap=cap))
         self.heads = nn.ModuleList(ConvBlock(channels[i], out_channels, 3, bn=False, relu=False)
                                    for i in range(num_scales))
 
@@ -176,12 +197,13 @@ class ResNetSAN(nn.Module):
         if m.film or m.encoder != "resnet18" or m.fill_prior or m.lidar_fill or m.lidar_encoding != "inverse":
             raise ValueError("the PyTorch reference is ResNet-18 with an inverse-depth LiDAR input, "
                              "without FiLM, fill channel or linear heads")
-        self.encoder = ResNet18Encoder(m.full_res)
-        self.san = (SparseEncoder(tuple(m.san_kernels), tuple(m.san_path_depths), m.min_depth, m.full_res)
-                    if m.sparse else None)
+        self.encoder = ResNet18Encoder(m.full_res, m.grid_inputs)
+        self.san = (SparseEncoder(tuple(m.san_kernels), tuple(m.san_path_depths), m.min_depth, m.full_res,
+                                  m.activation_cap, m.grid_inputs) if m.sparse else None)
         channels = encoder_channels(m.full_res)
-        self.fuse = nn.ModuleList(Fusion(c) for c in channels) if m.sparse else None
-        self.decoder = DepthDecoder(tuple(m.decoder_channels), out_channels, m.num_scales, channels)
+        self.fuse = nn.ModuleList(Fusion(c, m.activation_cap) for c in channels) if m.sparse else None
+        self.decoder = DepthDecoder(tuple(m.decoder_channels), out_channels, m.num_scales, channels,
+                                    m.activation_cap)
 
     def forward(self, rgb: torch.Tensor, lidar: torch.Tensor | None, dual: bool = False):
         """Heads; with ``dual``, (fused heads, RGB-only heads, skip consistency gap)."""

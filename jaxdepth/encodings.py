@@ -375,6 +375,12 @@ class FillCorrection:
         t = jnp.clip(t, -1.0, 1.0)
         return t if self.k == 0 else jnp.arcsinh(t * math.sinh(self.k)) / self.k
 
+    def merged(self, copies: jax.Array) -> jax.Array:
+        """z from the real values of the graph's ``phases`` copies of it
+        (``integer_ops.merge_phases``; z itself for one copy)."""
+        from jaxdepth.quant import integer_ops as iops
+        return iops.merge_phases(copies, self.phases, iops.CORRECTION_RANGE)
+
     def head(self, z: jax.Array, fill: jax.Array) -> jax.Array:
         """Head value from the correction and the fill channel (float, the host's)."""
         return self.expand(z) + self.a * fill + self.b
@@ -448,11 +454,9 @@ def output_decoder(model_cfg, use_lidar: bool) -> Callable[[jax.Array, jax.Array
 
     @jax.jit
     def decode(codes: jax.Array, lidar: jax.Array) -> jax.Array:
-        from jaxdepth.quant import integer_ops as iops
         scale, zp = _correction_qparams()
-        z = (jnp.asarray(codes, jnp.int32) - zp).astype(jnp.float32) * scale
-        z = iops.merge_phases(z, prior.phases, iops.CORRECTION_RANGE)
-        return enc.decode(prior.head(z, lidar_enc.fill_channel(lidar)))
+        copies = (jnp.asarray(codes, jnp.int32) - zp).astype(jnp.float32) * scale
+        return enc.decode(prior.head(prior.merged(copies), lidar_enc.fill_channel(lidar)))
 
     return decode
 

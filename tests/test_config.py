@@ -69,6 +69,7 @@ def test_shipped_configs_load():
     ("model.max_depth=0.2", r"model\.max_depth: 0\.2 .*> model\.min_depth"),
     ("train.keep=0", r"train\.keep: 0 .*>= 1"),
     ("model.activation_cap=-3", r"model\.activation_cap: -3\.0 .*>= 0 \(0: none\)"),
+    ("model.correction_phases=0", r"model\.correction_phases: 0 .*>= 1"),
 ])
 def test_bad_values_name_the_key_and_the_allowed_values(override, message):
     with pytest.raises(ConfigError, match=message):

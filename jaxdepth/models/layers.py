@@ -479,10 +479,7 @@ class Head(nn.Module):
                        out_range=iops.CORRECTION_RANGE, phases=self.prior.phases, name="conv")(x, train)
         if isinstance(out, qn.QValue):
             self.sow("intermediates", "codes", out.codes)
-        if self.prior is None:
-            return out
-        z = iops.merge_phases(value(out), self.prior.phases, iops.CORRECTION_RANGE)
-        return self.prior.head(z, fill)
+        return out if self.prior is None else self.prior.head(self.prior.merged(value(out)), fill)
 
 
 RGB_MEAN, RGB_STD = 0.45, 0.225
