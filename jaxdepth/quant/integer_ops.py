@@ -213,6 +213,12 @@ HEAD_RANGE = (0.0, 1.0)
 CORRECTION_RANGE = (-1.0, 1.0)   # a linear head's companded correction (encodings.FillCorrection)
 
 
+def _phase_offsets(phases: int, out_range: tuple[float, float]) -> jax.Array:
+    """(phases,): i / phases of one uint8 output code of ``out_range``, i = 0 .. phases - 1."""
+    scale, _ = qn.fixed_qparams(*out_range, HEAD_FORMAT)
+    return scale * jnp.arange(phases, dtype=jnp.float32) / phases
+
+
 def spread_phases(x: jax.Array, phases: int, out_range: tuple[float, float]) -> jax.Array:
     """(..., C) -> (..., C * phases): each channel repeated, copy i raised by i / phases of
     one output code of ``out_range``. A head conv's kernel is repeated and its bias spread
@@ -220,9 +226,7 @@ def spread_phases(x: jax.Array, phases: int, out_range: tuple[float, float]) -> 
     of all of them together (``merge_phases``) hold it ``phases`` times finer than one code."""
     if phases == 1:
         return x
-    scale, _ = qn.fixed_qparams(*out_range, HEAD_FORMAT)
-    offsets = scale * jnp.arange(phases, dtype=jnp.float32) / phases
-    return jnp.repeat(x, phases, axis=-1) + jnp.tile(offsets, x.shape[-1])
+    return jnp.repeat(x, phases, axis=-1) + jnp.tile(_phase_offsets(phases, out_range), x.shape[-1])
 
 
 def merge_phases(x: jax.Array, phases: int, out_range: tuple[float, float]) -> jax.Array:
@@ -231,8 +235,8 @@ def merge_phases(x: jax.Array, phases: int, out_range: tuple[float, float]) -> j
     error is at most half a code / ``phases`` (away from the range's ends)."""
     if phases == 1:
         return x
-    zero = spread_phases(jnp.zeros((1,), x.dtype), phases, out_range)
-    return (x - jnp.tile(zero, x.shape[-1] // phases)).reshape(x.shape[:-1] + (-1, phases)).mean(-1)
+    copies = x.reshape(x.shape[:-1] + (-1, phases))
+    return (copies - _phase_offsets(phases, out_range)).mean(-1)
 
 
 def head_codes(x: jax.Array) -> jax.Array:
