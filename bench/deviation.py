@@ -44,7 +44,7 @@ def head_unrounded(graph, codes: dict, prior, fill: np.ndarray) -> np.ndarray:
     y = np.asarray(acc + p["bias"], np.float64) * (spec.scale * np.asarray(p["weight_scale"], np.float64))
     if head.op == "sigmoid":
         return np.asarray(jax.nn.sigmoid(y))
-    return np.asarray(prior.head(prior.merged(jnp.asarray(y, jnp.float32)), fill))
+    return np.asarray(prior.head(jnp.asarray(y, jnp.float32), fill))
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ def main() -> None:
         rgb, lidar = batch["rgb"], batch["lidar"]
         heads = xonnx.heads(sessions["fp32"], graph, enc, xonnx.feeds(graph, rgb, lidar))
         if prior is not None:   # the graph outputs the correction z (its copies); the host adds its fill
-            heads = np.asarray(prior.head(prior.merged(heads), lidar_enc.fill_channel(lidar)))
+            heads = np.asarray(prior.head(heads, lidar_enc.fill_channel(lidar)))
         max_abs = max(max_abs, float(np.abs(heads - np.asarray(fp32(variables, rgb, lidar))).max()))
         codes = xonnx.code_feeds(graph, rgb, lidar)
         for name in got:

@@ -375,14 +375,12 @@ class FillCorrection:
         t = jnp.clip(t, -1.0, 1.0)
         return t if self.k == 0 else jnp.arcsinh(t * math.sinh(self.k)) / self.k
 
-    def merged(self, copies: jax.Array) -> jax.Array:
-        """z from the real values of the graph's ``phases`` copies of it
-        (``integer_ops.merge_phases``; z itself for one copy)."""
+    def head(self, copies: jax.Array, fill: jax.Array) -> jax.Array:
+        """Head value from the graph's correction output and the fill channel (float, the
+        host's). The output holds z in ``phases`` copies, merged here
+        (``integer_ops.merge_phases``; z itself for one copy), so no caller can forget it."""
         from jaxdepth.quant import integer_ops as iops
-        return iops.merge_phases(copies, self.phases, iops.CORRECTION_RANGE)
-
-    def head(self, z: jax.Array, fill: jax.Array) -> jax.Array:
-        """Head value from the correction and the fill channel (float, the host's)."""
+        z = iops.merge_phases(copies, self.phases, iops.CORRECTION_RANGE)
         return self.expand(z) + self.a * fill + self.b
 
     def code_loss(self, heads: jax.Array, target: jax.Array, fill: jax.Array,
@@ -456,7 +454,7 @@ def output_decoder(model_cfg, use_lidar: bool) -> Callable[[jax.Array, jax.Array
     def decode(codes: jax.Array, lidar: jax.Array) -> jax.Array:
         scale, zp = _correction_qparams()
         copies = (jnp.asarray(codes, jnp.int32) - zp).astype(jnp.float32) * scale
-        return enc.decode(prior.head(prior.merged(copies), lidar_enc.fill_channel(lidar)))
+        return enc.decode(prior.head(copies, lidar_enc.fill_channel(lidar)))
 
     return decode
 

@@ -455,7 +455,7 @@ class Head(nn.Module):
     """Conv3x3 -> ``channels`` -> sigmoid; with ``prior``, a linear head over the LiDAR
     fill: conv3x3 -> the correction z, uint8 over ``CORRECTION_RANGE`` (the graph's output,
     in ``prior.phases`` phase-shifted copies, ``iops.spread_phases``), and
-    ``prior.head(z, fill)`` with the host's float ``fill`` (``encodings.FillCorrection``).
+    ``prior.head(copies, fill)`` with the host's float ``fill`` (``encodings.FillCorrection``).
 
     Its conv starts at 0 (at nearest fill): a kaiming-initialised conv starts with
     corrections of whole depth ranges, and training then silences the features it reads
@@ -479,7 +479,7 @@ class Head(nn.Module):
                        out_range=iops.CORRECTION_RANGE, phases=self.prior.phases, name="conv")(x, train)
         if isinstance(out, qn.QValue):
             self.sow("intermediates", "codes", out.codes)
-        return out if self.prior is None else self.prior.head(self.prior.merged(value(out)), fill)
+        return out if self.prior is None else self.prior.head(value(out), fill)
 
 
 RGB_MEAN, RGB_STD = 0.45, 0.225
