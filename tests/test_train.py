@@ -263,14 +263,14 @@ def test_learning_rate_changes_at_the_configured_steps():
 
     # The default run: warm-up over 50 steps, decays at 71.2 % and 96 % of 520 steps, QAT after.
     cfg = load_config(ROOT / "configs" / "default.yaml")
-    assert cfg.train.steps == 520 and cfg.quant.qat_steps == 80
+    assert cfg.train.steps == 520 and cfg.quant.qat_steps == 40
     lr = learning_rate(cfg)
     at = lambda step: float(lr(step))
     assert (at(0), at(25), at(49)) == pytest.approx((0.0, 0.001, 0.002 * 49 / 50))
     assert (at(50), at(369)) == pytest.approx((0.002, 0.002))
     assert (at(370), at(498)) == pytest.approx((0.0006, 0.0006))       # int(0.712 * 520)
     assert (at(499), at(519)) == pytest.approx((0.00018, 0.00018))     # int(0.96 * 520)
-    assert (at(520), at(599)) == pytest.approx((0.0001, 0.0001))       # quant.qat_lr
+    assert (at(520), at(559)) == pytest.approx((0.0001, 0.0001))       # quant.qat_lr
     # Boundaries before the end of the warm-up apply as soon as the warm-up ends.
     early = learning_rate(load_config(None, ["train.steps=100", "train.warmup_steps=30",
                                              "train.lr_boundaries=[0.2, 0.5]", "train.lr=1.0"]))
