@@ -28,12 +28,14 @@ from common import bench_args, machine, train_step_runner
 
 
 def _float_requantize(acc, m, shift):
+    """``numerics.requantize`` as one float multiply and round (not exact)."""
     import jax.numpy as jnp
-    real = m.astype(jnp.float32) * jnp.exp2(-(31 + shift).astype(jnp.float32))
+    real = jnp.asarray(m, jnp.float32) * jnp.exp2(-(31 + jnp.asarray(shift, jnp.float32)))
     return jnp.round(acc.astype(jnp.float32) * real).astype(jnp.int32)
 
 
 def _one_conv(x, w, strides, padding, name="conv"):
+    """``integer_ops.conv_accumulate`` as one float32 convolution (not exact for wide layers)."""
     import jax
     import jax.numpy as jnp
     return jax.lax.conv_general_dilated(x.astype(jnp.float32), w.astype(jnp.float32), strides, padding,
@@ -41,6 +43,7 @@ def _one_conv(x, w, strides, padding, name="conv"):
 
 
 def _stand_ins(requantize: bool, accumulate: bool) -> contextlib.ExitStack:
+    """The stand-ins in place while a QAT step is traced and compiled."""
     from jaxdepth.quant import integer_ops, numerics
 
     stack = contextlib.ExitStack()
