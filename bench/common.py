@@ -80,6 +80,19 @@ def train_step_runner(cfg, qat: bool = False, options: dict | None = None) -> tu
     return run, time.perf_counter() - t0
 
 
+def alternating(fns: dict[str, Callable[[], object]], rounds: int) -> tuple[dict[str, list[float]], dict]:
+    """Seconds of each call of ``rounds`` rounds that call every function in turn (A B C
+    A B C ...), so that the machine's drift falls on all alike; and each one's last result."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    last = {}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            last[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+    return times, last
+
+
 def time_steps(cfg, steps: int, qat: bool = False) -> dict:
     """Median seconds of a jitted train step (FP32 or QAT) on random data of the config's shape."""
     import numpy as np

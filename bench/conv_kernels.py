@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from typing import Callable
 
-from common import bench_args, machine, train_step_runner
+from common import alternating, bench_args, machine, train_step_runner
 
 # XLA's default YNNPACK fusions are convolutions, dots and reductions; this keeps the last two.
 XLA_EIGEN = {"xla_cpu_experimental_ynn_fusion_type":
@@ -183,13 +183,7 @@ def step_times(cfg, repeats: int) -> dict:
     import numpy as np
 
     runners = {"xla": train_step_runner(cfg)[0], "xla_eigen": train_step_runner(cfg, options=XLA_EIGEN)[0]}
-    times: dict = {v: [] for v in runners}
-    losses = {}
-    for _ in range(repeats):
-        for v, run in runners.items():
-            t0 = time.perf_counter()
-            losses[v] = run()
-            times[v].append(time.perf_counter() - t0)
+    times, losses = alternating(runners, repeats)
     return {v: {"step_s": round(float(np.median(t)), 3), "last_loss": losses[v]} for v, t in times.items()}
 
 

@@ -16,22 +16,18 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from common import bench_args, machine
+from common import alternating, bench_args, machine
 
 
 def timed(fns: dict[str, Callable[[], object]], runs: int, batch: int) -> dict[str, dict]:
     """First call of each (compilation included), then ``runs`` rounds calling each in
     turn, so that every forward sees the same machine load; medians."""
-    first, times = {}, {k: [] for k in fns}
+    first = {}
     for k, fn in fns.items():
         t0 = time.perf_counter()
         fn()
         first[k] = time.perf_counter() - t0
-    for _ in range(runs):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
+    times, _ = alternating(fns, runs)
     out = {}
     for k in fns:
         s = float(np.median(times[k]))

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from unittest import mock
 
 import numpy as np
 
-from common import bench_args, machine, train_step_runner
+from common import alternating, bench_args, machine, train_step_runner
 
 
 def _float_requantize(acc, m, shift):
@@ -69,15 +68,11 @@ def main() -> None:
     for name, (qat, requantize, accumulate) in variants.items():
         with _stand_ins(requantize, accumulate):
             runners[name], first[name] = train_step_runner(cfg, qat)
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.steps):
-        for name, run in runners.items():
-            t0 = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - t0)
+    times, _ = alternating(runners, args.steps)
     batch = cfg.data.batch_size
-    rows = {name: {"step_s": round(float(np.median(t)), 3), "images_per_s": round(batch / float(np.median(t)), 2),
-                   "first_step_s": round(first[name], 1)} for name, t in times.items()}
+    medians = {name: float(np.median(t)) for name, t in times.items()}
+    rows = {name: {"step_s": round(s, 3), "images_per_s": round(batch / s, 2),
+                   "first_step_s": round(first[name], 1)} for name, s in medians.items()}
     fp32 = rows["fp32"]["step_s"]
     print(f"{'variant':<24}{'step s':>9}{'img/s':>8}{'x FP32':>8}{'1st step s':>12}")
     for name, r in rows.items():
