@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from jaxdepth.cli import setup_jax
+from jaxdepth.cli import restart_with_huge_page_malloc, setup_jax
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,4 +80,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    restart_with_huge_page_malloc()
     sys.exit(main())

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxdepth.cli import add_distributed_args, setup_jax
+from jaxdepth.cli import add_distributed_args, restart_with_huge_page_malloc, setup_jax
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,4 +56,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    restart_with_huge_page_malloc()
     sys.exit(main())

@@ -1,14 +1,18 @@
-"""The default train step under glibc's malloc and under tcmalloc, in alternating processes.
+"""The default train step under glibc's malloc, glibc's malloc with transparent huge pages
+and tcmalloc, in alternating processes.
 
 XLA:CPU allocates and frees its buffers every step; glibc's malloc hands large ones back
-to the kernel, which then faults the pages in afresh (zeroed) on the next step. tcmalloc
-keeps them. The allocator is chosen when a process starts (``LD_PRELOAD``), so each
-measurement is its own process, the two alternating; each prints its median step time,
-its page faults and system CPU time over all its steps (the first compiles), and the last
-step's loss, which must be the same under both (the allocator does not change the arithmetic).
+to the kernel, which then faults the pages in afresh (zeroed) on the next step. With
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (what ``train.py`` and ``eval.py`` set for
+themselves: ``jaxdepth.cli.restart_with_huge_page_malloc``) they come back in 2 MiB pages,
+so about 1/512 of the faults; tcmalloc keeps them. Both are chosen when a process starts,
+so each measurement is its own process, the allocators alternating; each prints its median
+step time, its page faults and system CPU time over all its steps (the first compiles), and
+the last step's loss, which must be the same under all (the allocator does not change the
+arithmetic).
 
-tcmalloc is not a Python package: on Debian/Ubuntu ``apt install libtcmalloc-minimal4``.
-Prints a table and one JSON line. Usage:
+tcmalloc is not a Python package: on Debian/Ubuntu ``apt install libtcmalloc-minimal4``;
+without it the tcmalloc processes are left out. Prints a table and one JSON line. Usage:
     python bench/allocator.py [--rounds 3] [--steps 5] [--tcmalloc PATH] [--set k=v ...]
 """
 from __future__ import annotations
@@ -23,6 +27,7 @@ import sys
 from pathlib import Path
 
 from common import bench_args, machine, time_steps
+from jaxdepth.cli import HUGE_PAGE_MALLOC
 
 TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4",
             "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
@@ -50,15 +55,19 @@ def main() -> None:
     args = bench_args(__doc__, extra=allocator_args)
     if args.worker:
         return worker(args)
-    if not args.tcmalloc or not Path(args.tcmalloc).is_file():
-        sys.exit("no tcmalloc library found: install libtcmalloc-minimal4 or pass --tcmalloc PATH")
+    base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES")}
+    base["JAXDEPTH_HUGE_PAGES"] = "0"            # the glibc and tcmalloc workers stay as started
+    envs = {"glibc": base, "glibc huge pages": {**base, "GLIBC_TUNABLES": HUGE_PAGE_MALLOC}}
+    if args.tcmalloc and Path(args.tcmalloc).is_file():
+        envs["tcmalloc"] = {**base, "LD_PRELOAD": args.tcmalloc}
+    else:
+        print("no tcmalloc library found (libtcmalloc-minimal4, or --tcmalloc PATH): left out")
 
     cmd = [sys.executable, __file__, "--worker", "--config", args.config, "--steps", str(args.steps)]
     cmd += [x for o in args.overrides for x in ("--set", o)]
-    runs: dict[str, list[dict]] = {"glibc": [], "tcmalloc": []}
+    runs: dict[str, list[dict]] = {name: [] for name in envs}
     for _ in range(args.rounds):
-        for name, preload in (("glibc", ""), ("tcmalloc", args.tcmalloc)):
-            env = {**os.environ, "LD_PRELOAD": preload}
+        for name, env in envs.items():
             out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
             runs[name].append(json.loads(out.strip().splitlines()[-1]))
     rows = {name: {"step_s": statistics.median(r["step_s"] for r in rs),
@@ -66,15 +75,17 @@ def main() -> None:
                    "page_faults": statistics.median(r["page_faults"] for r in rs),
                    "sys_s": statistics.median(r["sys_s"] for r in rs),
                    "last_loss": sorted({r["last_loss"] for r in rs})} for name, rs in runs.items()}
-    ratios = [t / g for t, g in zip(rows["tcmalloc"]["step_s_all"], rows["glibc"]["step_s_all"])]
-    same = rows["glibc"]["last_loss"] == rows["tcmalloc"]["last_loss"]
-    print(f"{'allocator':<10}{'step s':>8}{'steps (each process)':>30}{'page faults':>13}{'sys s':>7}")
+    glibc = rows["glibc"]["step_s_all"]
+    ratios = {name: [t / g for t, g in zip(r["step_s_all"], glibc)] for name, r in rows.items() if name != "glibc"}
+    same = len({tuple(r["last_loss"]) for r in rows.values()}) == 1
+    print(f"{'allocator':<18}{'step s':>8}{'steps (each process)':>30}{'x glibc (each round)':>26}"
+          f"{'page faults':>13}{'sys s':>7}")
     for name, r in rows.items():
         each = " ".join(f"{t:.3f}" for t in r["step_s_all"])
-        print(f"{name:<10}{r['step_s']:>8.3f}{each:>30}{r['page_faults']:>13.0f}{r['sys_s']:>7.2f}")
-    print(f"tcmalloc / glibc per round: {' '.join(f'{x:.2f}' for x in ratios)}; "
-          f"last losses {'identical' if same else 'DIFFER'}: {rows['glibc']['last_loss']}")
-    print(json.dumps({"bench": "allocator", "machine": machine(), "tcmalloc": args.tcmalloc,
+        x = " ".join(f"{v:.2f}" for v in ratios.get(name, []))
+        print(f"{name:<18}{r['step_s']:>8.3f}{each:>30}{x:>26}{r['page_faults']:>13.0f}{r['sys_s']:>7.2f}")
+    print(f"last losses {'identical' if same else 'DIFFER'}: {rows['glibc']['last_loss']}")
+    print(json.dumps({"bench": "allocator", "machine": machine(), "tcmalloc": envs.get("tcmalloc", {}).get("LD_PRELOAD"),
                       "results": rows, "ratios": ratios, "losses_identical": same}))
 
 

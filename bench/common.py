@@ -10,7 +10,7 @@ from typing import Callable
 def bench_args(doc: str, repeats: str = "steps",
                extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """--config, --<repeats> (timed repetitions), --set of every benchmark, and the
-    arguments ``extra`` adds; sets up JAX."""
+    arguments ``extra`` adds; sets up the process as ``train.py`` does (huge-page malloc, JAX)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument(f"--{repeats}", type=int, default=5)
@@ -18,19 +18,21 @@ def bench_args(doc: str, repeats: str = "steps",
     if extra:
         extra(parser)
     args = parser.parse_args()
-    from jaxdepth.cli import setup_jax
+    from jaxdepth.cli import restart_with_huge_page_malloc, setup_jax
+    restart_with_huge_page_malloc()
     setup_jax()
     return args
 
 
 def run_args(doc: str, target: str) -> argparse.Namespace:
     """``<target>`` (a run or checkpoint folder, default runs/default) and --split of the
-    benchmarks that evaluate a trained model; sets up JAX."""
+    benchmarks that evaluate a trained model; sets up the process as ``eval.py`` does."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(target, nargs="?", default="runs/default")
     parser.add_argument("--split", default="test")
     args = parser.parse_args()
-    from jaxdepth.cli import setup_jax
+    from jaxdepth.cli import restart_with_huge_page_malloc, setup_jax
+    restart_with_huge_page_malloc()
     setup_jax()
     return args
 

@@ -129,14 +129,16 @@ class SparseStage(nn.Module):
 
 
 class SparseEncoder(nn.Module):
-    def __init__(self, kernels: tuple[int, ...], path_depths: tuple[int, ...], min_depth: float,
-                 full_res: int, cap: float, grid: bool) -> None:
+    def __init__(self, kernels: tuple[int, ...], path_depths: tuple[int, ...],
+                 stage0_path_depths: tuple[int, ...], min_depth: float, full_res: int, cap: float,
+                 grid: bool) -> None:
         super().__init__()
         self.min_depth, self.grid = min_depth, grid
         self.stage_full = SparseStage(1, full_res, 3, path_depths, cap) if full_res else None
         cins = (1,) + CHANNELS[:-1]
-        self.stages = nn.ModuleList(SparseStage(ci, co, k, path_depths, cap)
-                                    for ci, co, k in zip(cins, CHANNELS, kernels))
+        depths = [stage0_path_depths or path_depths] + [path_depths] * (len(CHANNELS) - 1)
+        self.stages = nn.ModuleList(SparseStage(ci, co, k, d, cap)
+                                    for ci, co, k, d in zip(cins, CHANNELS, kernels, depths))
 
     def forward(self, lidar: torch.Tensor) -> list[torch.Tensor]:
         mask = (lidar > 0).float()
@@ -198,7 +200,8 @@ class ResNetSAN(nn.Module):
             raise ValueError("the PyTorch reference is ResNet-18 with an inverse-depth LiDAR input, "
                              "without FiLM, fill channel or linear heads")
         self.encoder = ResNet18Encoder(m.full_res, m.grid_inputs)
-        self.san = (SparseEncoder(tuple(m.san_kernels), tuple(m.san_path_depths), m.min_depth, m.full_res,
+        self.san = (SparseEncoder(tuple(m.san_kernels), tuple(m.san_path_depths),
+                                  tuple(m.san_stage0_path_depths), m.min_depth, m.full_res,
                                   m.activation_cap, m.grid_inputs) if m.sparse else None)
         channels = encoder_channels(m.full_res)
         self.fuse = nn.ModuleList(Fusion(c, m.activation_cap) for c in channels) if m.sparse else None
@@ -300,9 +303,10 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["rgb", "san"], choices=["rgb", "san"])
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
+    from jaxdepth.cli import restart_with_huge_page_malloc, setup_jax
+    restart_with_huge_page_malloc()          # both frameworks under the malloc of train.py
     torch.set_num_threads(THREADS)
     torch.set_num_interop_threads(1)
-    from jaxdepth.cli import setup_jax
     setup_jax()
     import jax
 

@@ -34,6 +34,7 @@ class ModelConfig:
     sparse: bool = True                        # build the sparse auxiliary network (SAN)
     san_kernels: tuple[int, ...] = (5, 5, 3, 3, 3)
     san_path_depths: tuple[int, ...] = (1, 2, 3)
+    san_stage0_path_depths: tuple[int, ...] = ()   # the stride-2 stage's paths (64 channels at H/2); (): san_path_depths
     film: bool = False                         # FiLM on scale 0 from pooled sparse features
     full_res: int = 0                          # channels of stride-1 RGB + LiDAR features; 0: none
     decoder_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
@@ -150,6 +151,8 @@ def validate(cfg: Config) -> Config:
         ("model.san_path_depths", list(m.san_path_depths),
          len(m.san_path_depths) >= 1 and all(k >= 1 for k in m.san_path_depths),
          "one or more depths >= 1"),
+        ("model.san_stage0_path_depths", list(m.san_stage0_path_depths),
+         all(k >= 1 for k in m.san_stage0_path_depths), "depths >= 1 ([]: model.san_path_depths)"),
         ("model.decoder_channels", list(m.decoder_channels),
          len(m.decoder_channels) == SCALES and all(c >= 1 for c in m.decoder_channels),
          f"{SCALES} channel counts >= 1"),

@@ -70,6 +70,7 @@ def test_shipped_configs_load():
     ("train.keep=0", r"train\.keep: 0 .*>= 1"),
     ("model.activation_cap=-3", r"model\.activation_cap: -3\.0 .*>= 0 \(0: none\)"),
     ("model.correction_phases=0", r"model\.correction_phases: 0 .*>= 1"),
+    ("model.san_stage0_path_depths=[1,0]", r"model\.san_stage0_path_depths: \[1, 0\] .*depths >= 1"),
 ])
 def test_bad_values_name_the_key_and_the_allowed_values(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -273,6 +273,19 @@ def test_full_resolution_skip_and_filled_log_lidar_input_export_exactly(tiny_dat
     assert a["equal"] == 1.0 and a["max_diff"] == 0, a
 
 
+def test_a_stride2_san_stage_with_paths_of_its_own_exports_exactly(tiny_data):
+    cfg = tiny_cfg(tiny_data, tiny_data.parent / "unused_run", model__san_path_depths="[1, 2]",
+                   model__san_stage0_path_depths="[1]")
+    model = build_model(cfg.model)
+    variables = with_ranges(cfg, model, initialised(model))
+    graph = export_graph(cfg, variables, H, W)
+    nodes = {n.name: n for n in graph.nodes}
+    assert nodes["san/stage0/sum"].inputs == ["san/stage0/path1_0"]
+    assert nodes["san/stage1/sum"].inputs == ["san/stage1/path1_0", "san/stage1/path2_1"]
+    a = compare(Evaluator(cfg), variables, "test", graph)["agreement"]
+    assert a["equal"] == 1.0 and a["max_diff"] == 0, a
+
+
 def test_capped_activations_and_grid_inputs_export_exactly(tiny_data):
     from jaxdepth.models.layers import Input, quantize_input
 

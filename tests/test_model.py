@@ -46,6 +46,15 @@ def test_san_features_and_kernels():
         "path1_0", "path2_0", "path2_1", "path3_0", "path3_1", "path3_2"]
 
 
+def test_the_stride2_san_stage_takes_its_own_paths():
+    san = SparseEncoder(kernels=(3, 3, 3, 3, 3), path_depths=(1, 2), stage0_path_depths=(1,))
+    assert feature_shapes(san, LIDAR) == [(2, H // s, W // s, c) for c, s in EXPECTED]
+    params = jax.eval_shape(lambda x: san.init(jax.random.PRNGKey(0), x), LIDAR)["params"]
+    paths = lambda stage: sorted(k for k in params[stage] if k.startswith("path"))
+    assert paths("stage0") == ["path1_0"]
+    assert paths("stage1") == paths("stage4") == ["path1_0", "path2_0", "path2_1"]
+
+
 @pytest.mark.parametrize("encoding, channels", [("inverse", 1), ("intfrac", 2)])
 def test_heads_at_four_scales_in_training_and_one_at_inference(encoding, channels):
     model = build_model(ModelConfig(encoding=encoding))

@@ -286,3 +286,35 @@ def test_no_progress_also_silences_the_data_rendering_bar(tmp_path, capsys, prog
     Trainer(cfg, progress=progress)
     assert (tmp_path / "data" / "meta.json").is_file()
     assert ("synthetic data" in capsys.readouterr().err) == progress
+
+
+RESTART = textwrap.dedent("""
+    import os, sys
+    from jaxdepth.cli import restart_with_huge_page_malloc
+    print(os.getpid(), os.environ.get("GLIBC_TUNABLES"), sys.argv[1:], flush=True)
+    restart_with_huge_page_malloc()
+    print("ran", flush=True)
+""")
+
+
+@pytest.mark.parametrize("env, tunables", [
+    ({}, "glibc.malloc.hugetlb=1"),
+    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"),
+    ({"JAXDEPTH_HUGE_PAGES": "0"}, None),
+])
+def test_commands_restart_once_with_huge_page_malloc(tmp_path, env, tunables):
+    import platform
+
+    script = tmp_path / "cmd.py"
+    script.write_text(RESTART)
+    base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "JAXDEPTH_HUGE_PAGES")}
+    out = subprocess.run([sys.executable, "-u", str(script), "--flag", "x"], env={**base, **env},
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines()
+    first = f"{env.get('GLIBC_TUNABLES')} ['--flag', 'x']"
+    if tunables is None or platform.libc_ver()[0] != "glibc":
+        assert [line.split(" ", 1)[1] for line in out[:1]] == [first] and out[1:] == ["ran"]
+        return
+    # The same process (exec keeps the pid) with the same arguments, then the command runs once.
+    (pid0, rest0), (pid1, rest1) = (line.split(" ", 1) for line in out[:2])
+    assert pid0 == pid1 and rest0 == first and rest1 == f"{tunables} ['--flag', 'x']"
+    assert out[2:] == ["ran"]

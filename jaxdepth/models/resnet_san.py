@@ -57,6 +57,7 @@ class ResNetSAN(nn.Module):
     sparse: bool = True
     san_kernels: tuple[int, ...] = (5, 5, 3, 3, 3)
     san_path_depths: tuple[int, ...] = (1, 2, 3)
+    san_stage0_path_depths: tuple[int, ...] = ()
     film: bool = False
     full_res: int = 0
     decoder_channels: tuple[int, ...] = (16, 32, 64, 128, 256)
@@ -81,9 +82,9 @@ class ResNetSAN(nn.Module):
             return decoder(features, train, all_scales)
         if lidar is None:
             lidar = jnp.zeros(rgb.shape[:-1], jnp.float32)
-        sparse = SparseEncoder(self.san_kernels, self.san_path_depths, self.lidar_encoding,
-                               self.full_res, self.quant, self.activation_cap, self.grid_inputs,
-                               name="san")(lidar, train)
+        sparse = SparseEncoder(self.san_kernels, self.san_path_depths, self.san_stage0_path_depths,
+                               self.lidar_encoding, self.full_res, self.quant, self.activation_cap,
+                               self.grid_inputs, name="san")(lidar, train)
         fills = None
         if self.prior is not None:
             fills = [self._host_fill(lidar, host_lidar)]
@@ -114,7 +115,8 @@ def build_model(model_cfg, quant: Quant = FLOAT) -> ResNetSAN:
     prior = get_fill_prior(model_cfg)
     return ResNetSAN(encoder=model_cfg.encoder, out_channels=enc.channels,
                      sparse=model_cfg.sparse, san_kernels=tuple(model_cfg.san_kernels),
-                     san_path_depths=tuple(model_cfg.san_path_depths), film=model_cfg.film,
+                     san_path_depths=tuple(model_cfg.san_path_depths),
+                     san_stage0_path_depths=tuple(model_cfg.san_stage0_path_depths), film=model_cfg.film,
                      full_res=model_cfg.full_res,
                      decoder_channels=tuple(model_cfg.decoder_channels),
                      num_scales=model_cfg.num_scales, lidar_encoding=lidar, prior=prior,

@@ -17,7 +17,9 @@ sites also get a value. Sparsity is therefore made explicit instead of implicit:
   nearest return of a block (foreground wins, as it should).
 
 Each stage: pool by 2, then three parallel conv paths of depth 1, 2 and 3 (conv + BN +
-ReLU), summed. Channels 64, 64, 128, 256, 512 match the RGB encoder scale by scale.
+ReLU), summed. Channels 64, 64, 128, 256, 512 match the RGB encoder scale by scale. The
+stride-2 stage may have paths of its own (``stage0_path_depths``): at H/2 with 64 channels,
+each of its convs costs as much as four of any later stage's.
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ class SparseEncoder(nn.Module):
 
     kernels: tuple[int, ...] = (5, 5, 3, 3, 3)
     path_depths: tuple[int, ...] = (1, 2, 3)
+    stage0_path_depths: tuple[int, ...] = ()   # the stride-2 stage's paths; (): path_depths
     lidar_encoding: LidarEncoding = LidarEncoding()
     full_res: int = 0
     quant: Quant = FLOAT
@@ -79,7 +82,8 @@ class SparseEncoder(nn.Module):
                                         name="stage_full")(x, mask, train))
         for i, (c, k) in enumerate(zip(CHANNELS, self.kernels)):
             x, mask = MaxPool(2, 2, name=f"pool{i}")(x), MaxPool(2, 2, name=f"mask_pool{i}")(mask)
-            x = SparseStage(c, k, self.path_depths, self.quant, self.cap, name=f"stage{i}")(x, mask, train)
+            depths = self.stage0_path_depths if i == 0 and self.stage0_path_depths else self.path_depths
+            x = SparseStage(c, k, depths, self.quant, self.cap, name=f"stage{i}")(x, mask, train)
             features.append(x)
         return features
 
