@@ -8,9 +8,11 @@ from typing import Callable
 
 
 def bench_args(doc: str, repeats: str = "steps",
-               extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+               extra: Callable[[argparse.ArgumentParser], None] | None = None,
+               huge_pages: bool = True) -> argparse.Namespace:
     """--config, --<repeats> (timed repetitions), --set of every benchmark, and the
-    arguments ``extra`` adds; sets up the process as ``train.py`` does (huge-page malloc, JAX)."""
+    arguments ``extra`` adds; sets up the process as ``train.py`` does (JAX and, with
+    ``huge_pages``, the huge-page malloc)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument(f"--{repeats}", type=int, default=5)
@@ -19,7 +21,8 @@ def bench_args(doc: str, repeats: str = "steps",
         extra(parser)
     args = parser.parse_args()
     from jaxdepth.cli import restart_with_huge_page_malloc, setup_jax
-    restart_with_huge_page_malloc()
+    if huge_pages:
+        restart_with_huge_page_malloc()
     setup_jax()
     return args
 

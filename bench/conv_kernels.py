@@ -128,7 +128,10 @@ def timed(fn: Callable[[], None], times: list[float]) -> None:
 
 
 def main() -> None:
-    args = bench_args(__doc__, repeats="repeats", extra=lambda p: p.set_defaults(repeats=7))
+    # glibc's malloc as it comes: with PyTorch in the process, huge pages slowed XLA's steps
+    # (docs/speed.md, "Memory allocator").
+    args = bench_args(__doc__, repeats="repeats", extra=lambda p: p.set_defaults(repeats=7),
+                      huge_pages=False)
     import numpy as np
 
     from jaxdepth.config import load_config

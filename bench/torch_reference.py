@@ -303,8 +303,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["rgb", "san"], choices=["rgb", "san"])
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    from jaxdepth.cli import restart_with_huge_page_malloc, setup_jax
-    restart_with_huge_page_malloc()          # both frameworks under the malloc of train.py
+    # Both frameworks on glibc's malloc as it comes: with PyTorch stepping in the same
+    # process, the huge-page malloc of train.py slowed XLA's steps (docs/speed.md).
+    from jaxdepth.cli import setup_jax
     torch.set_num_threads(THREADS)
     torch.set_num_interop_threads(1)
     setup_jax()
