@@ -20,7 +20,6 @@ Prints a table and one JSON line (ms per call; totals weight each conv by its co
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from typing import Callable
 
@@ -120,13 +119,6 @@ def torch_fns(lhs, rhs, strides, padding) -> dict[str, Callable[[], None]]:
     return {"fwd": fwd, "dx": lambda: back([True, False, False]), "dw": lambda: back([False, True, False])}
 
 
-def timed(fn: Callable[[], None], times: list[float]) -> None:
-    """Appends the milliseconds one call of ``fn`` took."""
-    t0 = time.perf_counter()
-    fn()
-    times.append((time.perf_counter() - t0) * 1e3)
-
-
 def main() -> None:
     # glibc's malloc as it comes: with PyTorch in the process, huge pages slowed XLA's steps
     # (docs/speed.md, "Memory allocator").
@@ -150,17 +142,13 @@ def main() -> None:
                "xla_eigen": xla_fns(lhs, rhs, strides, padding, XLA_EIGEN)}
         if torch:
             fns["torch"] = torch_fns(lhs, rhs, strides, padding)
-        times = {v: {p: [] for p in parts} for v in variants}
         for v in variants:                      # first calls: allocations, torch's kernel choice
             for p in parts:
                 fns[v][p]()
-        for _ in range(args.repeats):
-            for p in parts:
-                for v in variants:
-                    timed(fns[v][p], times[v][p])
+        times, _ = alternating({(p, v): fns[v][p] for p in parts for v in variants}, args.repeats)
         row = {"input": list(lhs), "kernel": list(rhs), "stride": strides[0], "count": count}
-        for v in variants:
-            row[v] = {p: round(float(np.median(times[v][p])), 3) if p in parts else 0.0 for p in PARTS}
+        for v in variants:                      # milliseconds
+            row[v] = {p: round(float(np.median(times[p, v])) * 1e3, 3) if p in parts else 0.0 for p in PARTS}
         rows.append(row)
         print(f"{'x'.join(map(str, lhs)):>14} k{rhs[0]} {rhs[2]:>3}->{rhs[3]:<3} s{strides[0]} x{count}  "
               + "  ".join(f"{v} " + "/".join(f"{row[v][p]:.2f}" if p in parts else "-" for p in PARTS)
