@@ -28,8 +28,9 @@ def setup_jax(args: argparse.Namespace | None = None) -> None:
     in ~1 s instead of ~10 s) and, when ``--coordinator`` is given, ``jax.distributed``.
     Call it before any other JAX call: XLA reads its flags when the first backend starts.
 
-    Eigen's convolutions train the default network in 0.85-0.87x the time of YNNPACK's on
-    the 2-core Xeon and the QAT step in 0.73x (``docs/speed.md``, "XLA's convolutions").
+    With Eigen's convolutions the default run took 0.79x the wall time of XLA's own default
+    (YNNPACK's) on a 2-core AMD EPYC with AVX2, and the train step 0.67-0.70x in separate
+    processes (``docs/speed.md``, "Eigen's convolutions in separate processes").
     An ``XLA_FLAGS`` that sets ``xla_cpu_experimental_ynn_fusion_type`` itself is kept.
     """
     flags = os.environ.get("XLA_FLAGS", "")
