@@ -1,9 +1,9 @@
 """Every convolution of the train step's forward, timed alone: forward, input gradient and
-kernel gradient, in XLA:CPU as jaxdepth runs it (its default: YNNPACK's convolutions), in
-XLA:CPU with convolutions left to its own Eigen kernels (``xla_eigen``: YNNPACK keeps the
-dots and reductions) and, when torch is installed, in PyTorch (oneDNN); then the whole
-train step compiled both ways. It shows which kernels make the train step slower than
-PyTorch's (``bench/torch_reference.py``) and what XLA's other convolutions would change.
+kernel gradient, in XLA:CPU as jaxdepth runs it (``jaxdepth.cli.setup_jax``: XLA's own
+Eigen convolutions, YNNPACK's dots and reductions), in XLA:CPU with YNNPACK's convolutions
+(``xla_ynnpack``, XLA's own default) and, when torch is installed, in PyTorch (oneDNN);
+then the whole train step compiled both ways. It shows which kernels make the train step
+slower than PyTorch's (``bench/torch_reference.py``) and what YNNPACK's would change.
 
 The shapes come from the model itself: the jaxpr of the config's training forward (both
 passes with the SAN), so each conv is listed once per call with its count; a conv on the
@@ -25,9 +25,9 @@ from typing import Callable
 
 from common import alternating, bench_args, machine, train_step_runner
 
-# XLA's default YNNPACK fusions are convolutions, dots and reductions; this keeps the last two.
-XLA_EIGEN = {"xla_cpu_experimental_ynn_fusion_type":
-             "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+# XLA's own default: convolutions, dots and reductions all on YNNPACK.
+XLA_YNNPACK = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,"
+               "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 PARTS = ("fwd", "dx", "dw")
 
 
@@ -134,12 +134,12 @@ def main() -> None:
     except ImportError:
         torch = None
     cfg = load_config(args.config, args.overrides)
-    variants = ["xla", "xla_eigen"] + (["torch"] if torch else [])
+    variants = ["xla", "xla_ynnpack"] + (["torch"] if torch else [])
     rows = []
     for (lhs, rhs, strides, padding, needs_dx), count in conv_calls(cfg).items():
         parts = [p for p in PARTS if needs_dx or p != "dx"]
         fns = {"xla": xla_fns(lhs, rhs, strides, padding, None),
-               "xla_eigen": xla_fns(lhs, rhs, strides, padding, XLA_EIGEN)}
+               "xla_ynnpack": xla_fns(lhs, rhs, strides, padding, XLA_YNNPACK)}
         if torch:
             fns["torch"] = torch_fns(lhs, rhs, strides, padding)
         for v in variants:                      # first calls: allocations, torch's kernel choice
@@ -162,7 +162,7 @@ def main() -> None:
     steps = step_times(cfg, args.repeats)
     print("\nthe whole train step, both XLA forms interleaved: "
           + ", ".join(f"{v} {r['step_s']:.3f} s (loss {r['last_loss']:.7f})" for v, r in steps.items())
-          + f"; xla_eigen / xla {steps['xla_eigen']['step_s'] / steps['xla']['step_s']:.3f}")
+          + f"; xla_ynnpack / xla {steps['xla_ynnpack']['step_s'] / steps['xla']['step_s']:.3f}")
     print(json.dumps({"bench": "conv_kernels", "machine": machine(), "height": cfg.data.height,
                       "width": cfg.data.width, "batch": cfg.data.batch_size, "sparse": cfg.model.sparse,
                       "torch": torch.__version__ if torch else None, "totals_ms": totals,
@@ -170,10 +170,10 @@ def main() -> None:
 
 
 def step_times(cfg, repeats: int) -> dict:
-    """The config's train step compiled with YNNPACK's and with Eigen's convolutions, run in turn."""
+    """The config's train step compiled with Eigen's and with YNNPACK's convolutions, run in turn."""
     import numpy as np
 
-    runners = {"xla": train_step_runner(cfg)[0], "xla_eigen": train_step_runner(cfg, options=XLA_EIGEN)[0]}
+    runners = {"xla": train_step_runner(cfg)[0], "xla_ynnpack": train_step_runner(cfg, options=XLA_YNNPACK)[0]}
     times, losses = alternating(runners, repeats)
     return {v: {"step_s": round(float(np.median(t)), 3), "last_loss": losses[v]} for v, t in times.items()}
 

@@ -318,3 +318,31 @@ def test_commands_restart_once_with_huge_page_malloc(tmp_path, env, tunables):
     (pid0, rest0), (pid1, rest1) = (line.split(" ", 1) for line in out[:2])
     assert pid0 == pid1 and rest0 == first and rest1 == f"{tunables} ['--flag', 'x']"
     assert out[2:] == ["ran"]
+
+
+KERNELS = textwrap.dedent("""
+    import train  # the command's imports, before setup_jax as in its main()
+    from jaxdepth.cli import setup_jax
+    setup_jax()
+    import jax, jax.numpy as jnp
+
+    conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                           dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    dot = jax.jit(lambda a, b: a @ b)
+    for f, args in ((conv, (jnp.ones((8, 64, 64, 32)), jnp.ones((3, 3, 32, 32)))),
+                    (dot, (jnp.ones((256, 256)), jnp.ones((256, 256))))):
+        print("__ynn_fusion" in f.lower(*args).compile().as_text())
+""")
+
+
+@pytest.mark.parametrize("flags, on_ynnpack", [
+    ("", ["False", "True"]),
+    ("--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION", ["True", "False"]),
+])
+def test_setup_jax_leaves_convolutions_to_eigen(flags, on_ynnpack):
+    """Convolutions on XLA's Eigen kernels, dots still on YNNPACK, even after the command's
+    imports; a user's own choice of YNNPACK fusions in XLA_FLAGS wins."""
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", KERNELS], env=env, cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == on_ynnpack      # conv, dot
