@@ -93,8 +93,8 @@ def frozen_params(module: nn.Module) -> dict | None:
 
 
 def materialized(params: Any) -> Any:
-    """``params`` behind an optimization barrier: arrays that a block derived and its
-    consumers read as they are.
+    """``params`` behind an optimization barrier: the scales, multipliers, bias codes, zero
+    points and tables a block derived, as arrays its consumers read as they are.
 
     Without it XLA rewrites a float expression across the ops that compute it: deriving a
     multiplier inline, it merged ``(hi - lo) / 255`` (the input scale) and ``bound / 127``
@@ -102,18 +102,17 @@ def materialized(params: Any) -> Any:
     two scales do when ``quant.freeze`` stores them and a forward reads them back (with
     XLA:CPU's Eigen convolutions, 1908 of 16384 head codes of a test model moved, by up to
     6). Behind the barrier the forward that derives its parameters inline (QAT) reads the
-    arrays that freeze stores, whichever kernels XLA picks (``tests/test_export.py``).
+    arrays that freeze stores, whichever kernels XLA picks (``tests/test_export.py``). The
+    weight codes, integers that no float expression rescales, stay outside it: there it
+    only slowed the QAT step (``docs/speed.md``).
     """
     return jax.lax.optimization_barrier(params)
 
 
-def store_params(module: nn.Module, params: dict) -> dict:
-    """Keeps what the block derived, when the caller collects it (``quant.freeze``), and
-    returns it ``materialized`` for the block to use."""
-    params = materialized(params)
+def store_params(module: nn.Module, params: dict) -> None:
+    """Keeps what the block derived, when the caller collects it (``quant.freeze``)."""
     if module.is_mutable_collection(QPARAMS):
         module.put_variable(QPARAMS, "node", params)
-    return params
 
 
 def capped(y: jax.Array, cap: float) -> jax.Array:
@@ -240,7 +239,8 @@ class Conv(nn.Module):
         p = frozen_params(self)
         if p is None:
             cp = iops.conv_params(k_eff, b_eff, x.scale, self.quant.scheme.per_channel_weights)
-            p = materialized({"weight": cp.weight, "weight_scale": cp.weight_scale, "bias": cp.bias})
+            weight_scale, bias = materialized((cp.weight_scale, cp.bias))
+            p = {"weight": cp.weight, "weight_scale": weight_scale, "bias": bias}
         acc = iops.conv_accumulate(x.centered(), p["weight"], strides, pad, path(self))
         w = qn.straight_through(k_eff, p["weight"] * p["weight_scale"])
         y = _conv_straight_through(x.value, w, acc * (x.scale * p["weight_scale"]), strides, pad)
@@ -253,8 +253,9 @@ class Conv(nn.Module):
             scale, zp = (qn.fixed_qparams(*self.out_range, fmt) if self.out_range
                          else Observer(self.quant, name="out")(y, update=update))
             m, shift = iops.rescale(x.scale * p["weight_scale"], scale)
-            p = store_params(self, {**p, "multiplier": m, "shift": shift, "scale": scale,
-                                    "zero_point": zp, "float": {"weight": k_eff, "bias": b_eff}})
+            p = {**p, **materialized({"multiplier": m, "shift": shift, "scale": scale, "zero_point": zp}),
+                 "float": {"weight": k_eff, "bias": b_eff}}
+            store_params(self, p)
         codes = iops.conv_output(acc, p["bias"], (p["multiplier"], p["shift"]), p["zero_point"],
                                  fmt, self.relu)
         return qn.QValue.of(codes, y, p["scale"], p["zero_point"], fmt, path(self))
@@ -285,7 +286,8 @@ def _sum_codes(module: nn.Module, terms: Sequence[jax.Array], term_scales: Seque
              "output_shift": output[1], **(extra(scale) if extra else {})}
         for i, (m, shift) in enumerate(inputs):
             p.update({f"input{i}_multiplier": m, f"input{i}_shift": shift})
-        p = store_params(module, p)
+        p = materialized(p)
+        store_params(module, p)
     inputs = [(p[f"input{i}_multiplier"], p[f"input{i}_shift"]) for i in range(len(terms))]
     codes = iops.sum_output(terms, left_shift, inputs, (p["output_multiplier"], p["output_shift"]),
                             p["zero_point"], fmt, relu, p.get("bias"))
@@ -338,7 +340,8 @@ class Concat(nn.Module):
             for i, x in enumerate(xs):
                 m, shift = iops.rescale(x.scale, scale)
                 p.update({f"input{i}_multiplier": m, f"input{i}_shift": shift})
-            p = store_params(self, p)
+            p = materialized(p)
+            store_params(self, p)
         fmt = self.quant.scheme.activation
         codes = iops.concat_output([x.centered() for x in xs],
                                    [(p[f"input{i}_multiplier"], p[f"input{i}_shift"]) for i in range(len(xs))],
@@ -463,7 +466,8 @@ class Sigmoid(nn.Module):
             scale, zp = qn.fixed_qparams(*iops.HEAD_RANGE, iops.HEAD_FORMAT)
             p = {"table": iops.sigmoid_table(logits.fmt, logits.zero_point, logits.scale),
                  "scale": scale, "zero_point": zp}
-            p = store_params(self, p)
+            p = materialized(p)
+            store_params(self, p)
         codes = iops.lookup(p["table"], logits.codes, logits.fmt)
         return qn.QValue.of(codes, s, p["scale"], p["zero_point"], iops.HEAD_FORMAT, path(self))
 
