@@ -6,7 +6,10 @@ requantization multipliers, lookup tables, output scales and zero points). Fake-
 evaluation then runs with those arrays, and the exporter writes those arrays: one
 computation, whatever a compiler does to floating-point expressions in two programs.
 Training (QAT) derives them inline instead, since the weights change every step, and
-ends by putting its weights on their INT8 grid (``weights_on_grid``).
+ends by putting its weights on their INT8 grid (``weights_on_grid``); the blocks hand
+what they derive to their consumers behind an optimization barrier
+(``models.layers.materialized``), so that the inline forward computes the arrays this
+pass stores.
 """
 from __future__ import annotations
 
