@@ -102,9 +102,9 @@ def materialized(params: Any) -> Any:
     two scales do when ``quant.freeze`` stores them and a forward reads them back (with
     XLA:CPU's Eigen convolutions, 1908 of 16384 head codes of a test model moved, by up to
     6). Behind the barrier the forward that derives its parameters inline (QAT) reads the
-    arrays that freeze stores, whichever kernels XLA picks (``tests/test_export.py``). The
-    weight codes, integers that no float expression rescales, stay outside it: there it
-    only slowed the QAT step (``docs/speed.md``).
+    arrays that freeze stores, with YNNPACK's convolutions or Eigen's
+    (``tests/test_export.py``). The weight codes, integers that no float expression
+    rescales, stay outside it: there it only slowed the QAT step (``docs/speed.md``).
     """
     return jax.lax.optimization_barrier(params)
 
