@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from typing import Callable
@@ -104,13 +105,17 @@ def time_steps(cfg, steps: int, qat: bool = False) -> dict:
 
     run, compile_s = train_step_runner(cfg, qat)
     times = []
+    cpu0 = os.times()
     for _ in range(steps):
         t0 = time.perf_counter()
         loss = run()
         times.append(time.perf_counter() - t0)
+    cpu1 = os.times()
     d = cfg.data
     step_s = float(np.median(times))
     return {"height": d.height, "width": d.width, "batch": d.batch_size, "qat": qat,
             "last_loss": loss,
             "first_step_s": round(compile_s, 2), "step_s": round(step_s, 3),
-            "images_per_s": round(d.batch_size / step_s, 2)}
+            "images_per_s": round(d.batch_size / step_s, 2),
+            # how many of the machine's cores the steps kept busy
+            "cpu_s_per_s": round((cpu1.user + cpu1.system - cpu0.user - cpu0.system) / sum(times), 2)}

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdepth.encodings import FillCorrection, LidarEncoding
+from jaxdepth.models.convolution import float_conv
 from jaxdepth.quant import aqt_backend
 from jaxdepth.quant import integer_ops as iops
 from jaxdepth.quant import numerics as qn
@@ -166,17 +167,12 @@ def _cst_fwd(x, w, y, strides, padding):
 
 def _cst_bwd(strides, padding, res, g):
     x, w = res
-    _, vjp = jax.vjp(lambda a, b: _float_conv(a, b, strides, padding), x, w)
+    _, vjp = jax.vjp(lambda a, b: float_conv(a, b, strides, padding), x, w)
     gx, gw = vjp(g)
     return gx, gw, jnp.zeros_like(g)
 
 
 _conv_straight_through.defvjp(_cst_fwd, _cst_bwd)
-
-
-def _float_conv(x: jax.Array, w: jax.Array, strides, padding) -> jax.Array:
-    return jax.lax.conv_general_dilated(x, w, strides, padding,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 class Conv(nn.Module):
@@ -225,7 +221,7 @@ class Conv(nn.Module):
             k_eff, b_eff = (iops.fold_batch_norm(k, gamma, beta, mean.value, var.value) if self.bn
                             else (k, bias))
             return self._fake(x, k_eff, b_eff, update)
-        y = _float_conv(value(x), k, (self.stride,) * 2, same_padding(self.kernel))
+        y = float_conv(value(x), k, (self.stride,) * 2, same_padding(self.kernel))
         y = self._batch_norm(y, gamma, beta, mean, var, train) if self.bn else y + bias
         if self.relu:
             y = jax.nn.relu(y)
