@@ -1,6 +1,7 @@
 """Every convolution of the train step's forward, timed alone: forward, input gradient and
 kernel gradient, in XLA:CPU as jaxdepth runs it (``jaxdepth.cli.setup_jax``: XLA's own
-Eigen convolutions, YNNPACK's dots and reductions), in XLA:CPU with YNNPACK's convolutions
+Eigen convolutions, YNNPACK's dots and reductions; the kernel gradient on the maps cut into
+strips below a batch of 8, ``models.convolution``), in XLA:CPU with YNNPACK's convolutions
 (``xla_ynnpack``, XLA's own default) and, when torch is installed, in PyTorch (oneDNN);
 then the whole train step compiled both ways. It shows which kernels make the train step
 slower than PyTorch's (``bench/torch_reference.py``) and what YNNPACK's would change.
@@ -76,9 +77,13 @@ def conv_calls(cfg) -> Counter:
 
 
 def xla_fns(lhs, rhs, strides, padding, options: dict | None) -> dict[str, Callable[[], None]]:
-    """Compiled forward, input gradient and kernel gradient of one conv."""
+    """Compiled forward, input gradient and kernel gradient of one conv, the kernel gradient
+    as jaxdepth's conv block computes it (``models.convolution.kernel_gradient``: in strips
+    below a batch of 8)."""
     import jax
     import numpy as np
+
+    from jaxdepth.models.convolution import kernel_gradient
 
     rng = np.random.default_rng(0)
     x = jax.numpy.asarray(rng.standard_normal(lhs, np.float32))
@@ -90,7 +95,7 @@ def xla_fns(lhs, rhs, strides, padding, options: dict | None) -> dict[str, Calla
     g = conv(x, w)
     fns = {"fwd": (lambda a, b: conv(a, b), (x, w)),
            "dx": (lambda a, b, c: jax.vjp(lambda u: conv(u, b), a)[1](c)[0], (x, w, g)),
-           "dw": (lambda a, b, c: jax.vjp(lambda u: conv(a, u), b)[1](c)[0], (x, w, g))}
+           "dw": (lambda a, b, c: kernel_gradient(a, c, b, strides, padding), (x, w, g))}
     out = {}
     for part, (fn, args) in fns.items():
         compiled = jax.jit(fn).lower(*args).compile(compiler_options=options)
