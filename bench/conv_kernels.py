@@ -77,25 +77,22 @@ def conv_calls(cfg) -> Counter:
 
 
 def xla_fns(lhs, rhs, strides, padding, options: dict | None) -> dict[str, Callable[[], None]]:
-    """Compiled forward, input gradient and kernel gradient of one conv, the kernel gradient
-    as jaxdepth's conv block computes it (``models.convolution.kernel_gradient``: in strips
-    below a batch of 8)."""
+    """Compiled forward, input gradient and kernel gradient of one conv, each through
+    jaxdepth's conv op (``models.convolution.float_conv``: the kernel gradient in strips
+    below a batch of 8); each gradient's program computes only that gradient."""
     import jax
     import numpy as np
 
-    from jaxdepth.models.convolution import kernel_gradient
+    from jaxdepth.models.convolution import float_conv
 
     rng = np.random.default_rng(0)
     x = jax.numpy.asarray(rng.standard_normal(lhs, np.float32))
     w = jax.numpy.asarray(rng.standard_normal(rhs, np.float32) * 0.05)
-
-    def conv(a, b):
-        return jax.lax.conv_general_dilated(a, b, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
+    conv = lambda a, b: float_conv(a, b, strides, padding)  # noqa: E731
     g = conv(x, w)
-    fns = {"fwd": (lambda a, b: conv(a, b), (x, w)),
+    fns = {"fwd": (conv, (x, w)),
            "dx": (lambda a, b, c: jax.vjp(lambda u: conv(u, b), a)[1](c)[0], (x, w, g)),
-           "dw": (lambda a, b, c: kernel_gradient(a, c, b, strides, padding), (x, w, g))}
+           "dw": (lambda a, b, c: jax.vjp(lambda u: conv(a, u), b)[1](c)[0], (x, w, g))}
     out = {}
     for part, (fn, args) in fns.items():
         compiled = jax.jit(fn).lower(*args).compile(compiler_options=options)
