@@ -46,6 +46,19 @@ def machine() -> str:
     return f"{platform.machine()} {platform.processor() or ''} {jax.device_count()}x {jax.devices()[0].platform}".replace("  ", " ")
 
 
+def reference_config(config: str, overrides: list[str], shape: str, variant: str):
+    """The config of the network ``bench/torch_reference.py`` rebuilds in PyTorch, at
+    ``shape`` (HxWxB), RGB only (``variant`` "rgb") or with the SAN ("san"): the
+    integer/fraction dual head and an inverse-depth LiDAR input without the fill channel."""
+    from jaxdepth.config import load_config
+
+    h, w, b = (int(v) for v in shape.split("x"))
+    return load_config(config, overrides + [
+        f"data.height={h}", f"data.width={w}", f"data.batch_size={b}", "model.encoding=intfrac",
+        "model.fill_prior=false", "model.lidar_fill=false", "model.lidar_encoding=inverse",
+        f"model.sparse={'true' if variant == 'san' else 'false'}"])
+
+
 def random_batch(d) -> dict:
     """A fixed random batch (numpy) of the data config ``d``'s shape: RGB, depth and a LiDAR
     with returns on 5 % of the pixels."""

@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from common import random_batch, train_step_runner
+from common import random_batch, reference_config, train_step_runner
 import torch.nn.functional as F
 from torch import nn
 
@@ -311,17 +311,11 @@ def main() -> None:
     setup_jax()
     import jax
 
-    from jaxdepth.config import load_config
-
     rows = []
     for shape in args.shapes:
-        h, w, b = (int(v) for v in shape.split("x"))
         for variant in args.variants:
-            cfg = load_config(args.config, args.overrides + [
-                f"data.height={h}", f"data.width={w}", f"data.batch_size={b}", "model.encoding=intfrac",
-                "model.fill_prior=false", "model.lidar_fill=false", "model.lidar_encoding=inverse",
-                f"model.sparse={'true' if variant == 'san' else 'false'}"])
-            rows.append({"variant": variant, **compare(cfg, args.steps)})
+            rows.append({"variant": variant,
+                         **compare(reference_config(args.config, args.overrides, shape, variant), args.steps)})
 
     print(f"{'network':<8}{'HxW':>9}{'batch':>6}{'jaxdepth s':>12}{'PyTorch s':>11}{'ratio':>7}")
     for r in rows:
