@@ -1,11 +1,13 @@
-"""The default train step under glibc's malloc, glibc's malloc with transparent huge pages
-and tcmalloc, in alternating processes.
+"""The default train step under glibc's malloc, glibc's malloc with transparent huge pages,
+the same keeping what it frees, and tcmalloc, in alternating processes.
 
 XLA:CPU allocates and frees its buffers every step; glibc's malloc hands large ones back
 to the kernel, which then faults the pages in afresh (zeroed) on the next step. With
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (what ``train.py`` and ``eval.py`` set for
-themselves: ``jaxdepth.cli.restart_with_huge_page_malloc``) they come back in 2 MiB pages,
-so about 1/512 of the faults; tcmalloc keeps them. Both are chosen when a process starts,
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` they come back in 2 MiB pages, so about 1/512 of
+the faults. ``jaxdepth.cli.MALLOC_TUNABLES`` (what ``train.py`` and ``eval.py`` set for
+themselves: ``jaxdepth.cli.restart_with_huge_page_malloc``) adds no ``mmap`` and no
+trimming, and ``setup_jax`` then runs the step on the main thread, whose arena keeps the
+buffers; tcmalloc keeps them too. An allocator is chosen when a process starts,
 so each measurement is its own process, the allocators alternating; each prints its median
 step time, its page faults and system CPU time over all its steps (the first compiles), and
 the last step's loss, which must be the same under all (the allocator does not change the
@@ -27,7 +29,7 @@ import sys
 from pathlib import Path
 
 from common import bench_args, machine, time_steps
-from jaxdepth.cli import HUGE_PAGE_MALLOC
+from jaxdepth.cli import MALLOC_TUNABLES
 
 TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4",
             "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
@@ -57,7 +59,9 @@ def main() -> None:
         return worker(args)
     base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES")}
     base["JAXDEPTH_HUGE_PAGES"] = "0"            # the glibc and tcmalloc workers stay as started
-    envs = {"glibc": base, "glibc huge pages": {**base, "GLIBC_TUNABLES": HUGE_PAGE_MALLOC}}
+    kept = ":".join(f"{k}={v}" for k, v in MALLOC_TUNABLES.items())
+    envs = {"glibc": base, "glibc huge pages": {**base, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+            "glibc huge pages, kept (train.py's)": {**base, "GLIBC_TUNABLES": kept}}
     if args.tcmalloc and Path(args.tcmalloc).is_file():
         envs["tcmalloc"] = {**base, "LD_PRELOAD": args.tcmalloc}
     else:
@@ -78,12 +82,12 @@ def main() -> None:
     glibc = rows["glibc"]["step_s_all"]
     ratios = {name: [t / g for t, g in zip(r["step_s_all"], glibc)] for name, r in rows.items() if name != "glibc"}
     same = len({tuple(r["last_loss"]) for r in rows.values()}) == 1
-    print(f"{'allocator':<18}{'step s':>8}{'steps (each process)':>30}{'x glibc (each round)':>26}"
+    print(f"{'allocator':<36}{'step s':>8}{'steps (each process)':>30}{'x glibc (each round)':>26}"
           f"{'page faults':>13}{'sys s':>7}")
     for name, r in rows.items():
         each = " ".join(f"{t:.3f}" for t in r["step_s_all"])
         x = " ".join(f"{v:.2f}" for v in ratios.get(name, []))
-        print(f"{name:<18}{r['step_s']:>8.3f}{each:>30}{x:>26}{r['page_faults']:>13.0f}{r['sys_s']:>7.2f}")
+        print(f"{name:<36}{r['step_s']:>8.3f}{each:>30}{x:>26}{r['page_faults']:>13.0f}{r['sys_s']:>7.2f}")
     print(f"last losses {'identical' if same else 'DIFFER'}: {rows['glibc']['last_loss']}")
     print(json.dumps({"bench": "allocator", "machine": machine(), "tcmalloc": envs.get("tcmalloc", {}).get("LD_PRELOAD"),
                       "results": rows, "ratios": ratios, "losses_identical": same}))

@@ -7,7 +7,10 @@ import platform
 import sys
 from pathlib import Path
 
-HUGE_PAGE_MALLOC = "glibc.malloc.hugetlb=1"
+# glibc's malloc on transparent huge pages, keeping what it frees: no block of its own mmap
+# (which free unmaps) and no trimming of the heaps' tops.
+MALLOC_TUNABLES = {"glibc.malloc.hugetlb": "1", "glibc.malloc.mmap_max": "0",
+                   "glibc.malloc.trim_threshold": str(64 << 30)}
 # XLA:CPU hands convolutions, dots and reductions to YNNPACK; this keeps the dots and
 # reductions there and leaves the convolutions to XLA's own Eigen kernels.
 EIGEN_CONVOLUTIONS = ("--xla_cpu_experimental_ynn_fusion_type="
@@ -32,11 +35,18 @@ def setup_jax(args: argparse.Namespace | None = None) -> None:
     (YNNPACK's) on a 2-core AMD EPYC with AVX2, and the train step 0.67-0.70x in separate
     processes (``docs/speed.md``, "Eigen's convolutions in separate processes").
     An ``XLA_FLAGS`` that sets ``xla_cpu_experimental_ynn_fusion_type`` itself is kept.
+
+    Under the malloc of ``restart_with_huge_page_malloc``, XLA:CPU runs each program on the
+    calling thread (no asynchronous dispatch): a step's buffers are then allocated in the
+    main thread's arena, the one that keeps them from step to step.
     """
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_experimental_ynn_fusion_type" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} {EIGEN_CONVOLUTIONS}".strip()
     import jax
+
+    if "glibc.malloc.mmap_max=0" in os.environ.get("GLIBC_TUNABLES", ""):
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
 
     if args is not None and getattr(args, "coordinator", None):
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
@@ -47,19 +57,23 @@ def setup_jax(args: argparse.Namespace | None = None) -> None:
 
 def restart_with_huge_page_malloc() -> None:
     """Runs this command again, once, in a fresh process whose glibc ``malloc`` asks for
-    transparent huge pages (``GLIBC_TUNABLES``, which glibc reads only at process start).
+    transparent huge pages and keeps the memory it frees (``MALLOC_TUNABLES`` in
+    ``GLIBC_TUNABLES``, which glibc reads only at process start).
 
     XLA:CPU allocates and frees its large buffers every step; glibc returns them to the
     kernel, which faults them back in 4 KiB pages, zeroed: about 150,000 page faults per
-    default train step. In 2 MiB pages there are about 5,000, and the step takes 0.90x
-    the time with the same arithmetic (``docs/speed.md``, "Memory allocator"). Nothing
-    happens off glibc, where the tunable is set already, or with ``JAXDEPTH_HUGE_PAGES=0``.
+    default train step. In 2 MiB pages there are about 5,000, and the step took 0.90x the
+    time with the same arithmetic (``docs/speed.md``, "Memory allocator"). Kept instead of
+    returned (and the step run on the main thread, ``setup_jax``), they are not faulted in
+    again at all. Nothing happens off glibc, where the huge-page tunable is set already, or
+    with ``JAXDEPTH_HUGE_PAGES=0``; a tunable already set keeps its value.
     """
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     if (platform.libc_ver()[0] != "glibc" or "glibc.malloc.hugetlb" in tunables
             or os.environ.get("JAXDEPTH_HUGE_PAGES") == "0"):
         return
-    env = {**os.environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, HUGE_PAGE_MALLOC]))}
+    ours = [f"{k}={v}" for k, v in MALLOC_TUNABLES.items() if f"{k}=" not in tunables]
+    env = {**os.environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, *ours]))}
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

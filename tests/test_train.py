@@ -297,9 +297,14 @@ RESTART = textwrap.dedent("""
 """)
 
 
+KEPT = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+
+
 @pytest.mark.parametrize("env, tunables", [
-    ({}, "glibc.malloc.hugetlb=1"),
-    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"),
+    ({}, f"glibc.malloc.hugetlb=1:{KEPT}"),
+    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, f"glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1:{KEPT}"),
+    ({"GLIBC_TUNABLES": "glibc.malloc.mmap_max=4"},
+     "glibc.malloc.mmap_max=4:glibc.malloc.hugetlb=1:glibc.malloc.trim_threshold=68719476736"),
     ({"JAXDEPTH_HUGE_PAGES": "0"}, None),
 ])
 def test_commands_restart_once_with_huge_page_malloc(tmp_path, env, tunables):
@@ -318,6 +323,20 @@ def test_commands_restart_once_with_huge_page_malloc(tmp_path, env, tunables):
     (pid0, rest0), (pid1, rest1) = (line.split(" ", 1) for line in out[:2])
     assert pid0 == pid1 and rest0 == first and rest1 == f"{tunables} ['--flag', 'x']"
     assert out[2:] == ["ran"]
+
+
+DISPATCH = ("from jaxdepth.cli import setup_jax; setup_jax(); import jax; "
+            "print(jax.config.values['jax_cpu_enable_async_dispatch'])")
+
+
+@pytest.mark.parametrize("tunables, asynchronous", [(None, "True"), (f"glibc.malloc.hugetlb=1:{KEPT}", "False")])
+def test_setup_jax_runs_steps_on_the_calling_thread_under_the_kept_malloc(tunables, asynchronous):
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    if tunables:
+        env["GLIBC_TUNABLES"] = tunables
+    out = subprocess.run([sys.executable, "-c", DISPATCH], env=env, cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out[-1] == asynchronous
 
 
 KERNELS = textwrap.dedent("""
