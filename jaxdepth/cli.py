@@ -65,8 +65,9 @@ def restart_with_huge_page_malloc() -> None:
     default train step. In 2 MiB pages there are about 5,000, and the step took 0.90x the
     time with the same arithmetic (``docs/speed.md``, "Memory allocator"). Kept instead of
     returned (and the step run on the main thread, ``setup_jax``), they are not faulted in
-    again: the step took 0.87-0.96x its time on huge pages alone (2026-12-07). Nothing happens off glibc, where the huge-page tunable is set already, or
-    with ``JAXDEPTH_HUGE_PAGES=0``; a tunable already set keeps its value.
+    again: the step took 0.87-0.96x its time on huge pages alone (2026-12-07). Nothing
+    happens off glibc, where the huge-page tunable is set already, or with
+    ``JAXDEPTH_HUGE_PAGES=0``; a tunable already set keeps its value.
     """
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     if (platform.libc_ver()[0] != "glibc" or "glibc.malloc.hugetlb" in tunables
