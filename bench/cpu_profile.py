@@ -2,9 +2,10 @@
 run in a loop, in jaxdepth or in PyTorch, sampled by Linux ``perf`` and sorted by the
 code each sample fell in.
 
-A worker process runs the steps, by default jaxdepth on the huge-page malloc, as
-``train.py`` runs, and PyTorch on glibc's malloc as it comes, which measured faster for it
-(``--malloc`` chooses; ``docs/speed.md``); after two warm-up steps this process samples it with ``perf record`` at 499 Hz for
+A worker process runs the steps, by default jaxdepth under ``train.py``'s malloc setting
+(``jaxdepth.cli.restart_with_huge_page_malloc``: huge pages, freed memory kept) and PyTorch
+on glibc's malloc as it comes, which measured faster for it (``--malloc`` chooses;
+``docs/speed.md``); after two warm-up steps this process samples it with ``perf record`` at 499 Hz for
 ``--seconds``. oneDNN is told to name its generated kernels (``ONEDNN_JIT_PROFILE=2``, a
 ``/tmp/perf-<pid>.map`` perf reads): XLA:CPU's Eigen convolutions multiply through
 oneDNN's GEMM kernels, PyTorch's convolutions are oneDNN's own. Code generated without
@@ -140,7 +141,8 @@ def main() -> None:
     parser.add_argument("--shape", default="192x640x2", metavar="HxWxB")
     parser.add_argument("--variant", choices=["rgb", "san"], default="rgb")
     parser.add_argument("--malloc", choices=["as-run", "glibc", "huge-pages"], default="as-run",
-                        help="as-run: huge pages for jaxdepth (train.py's), glibc's as it comes for PyTorch")
+                        help="as-run: train.py's setting for jaxdepth, glibc's as it comes for PyTorch; "
+                             "huge-pages: train.py's setting (jaxdepth.cli.MALLOC_TUNABLES) for either")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
