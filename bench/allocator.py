@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from common import bench_args, machine, time_steps
-from jaxdepth.cli import MALLOC_TUNABLES
+from jaxdepth.cli import malloc_tunables
 
 TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4",
             "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
@@ -59,9 +59,8 @@ def main() -> None:
         return worker(args)
     base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES")}
     base["JAXDEPTH_HUGE_PAGES"] = "0"            # the glibc and tcmalloc workers stay as started
-    kept = ":".join(f"{k}={v}" for k, v in MALLOC_TUNABLES.items())
     envs = {"glibc": base, "glibc huge pages": {**base, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
-            "glibc huge pages, kept (train.py's)": {**base, "GLIBC_TUNABLES": kept}}
+            "glibc huge pages, kept (train.py's)": {**base, "GLIBC_TUNABLES": malloc_tunables()}}
     if args.tcmalloc and Path(args.tcmalloc).is_file():
         envs["tcmalloc"] = {**base, "LD_PRELOAD": args.tcmalloc}
     else:

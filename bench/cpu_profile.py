@@ -65,16 +65,15 @@ def worker(args: argparse.Namespace) -> None:
 
     if args.malloc == "huge-pages" or (args.malloc == "as-run" and args.framework == "jaxdepth"):
         restart_with_huge_page_malloc()
+    cfg = reference_config(args.config, args.overrides, args.shape, args.variant)
     if args.framework == "jaxdepth":
         setup_jax()
-        cfg = reference_config(args.config, args.overrides, args.shape, args.variant)
         run = train_step_runner(cfg)[0]
     else:
         import torch
         from torch_reference import THREADS, torch_step
         torch.set_num_threads(THREADS)
         torch.set_num_interop_threads(1)
-        cfg = reference_config(args.config, args.overrides, args.shape, args.variant)
         run = torch_step(cfg, random_batch(cfg.data))
     run()
     run()

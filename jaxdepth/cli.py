@@ -11,6 +11,7 @@ from pathlib import Path
 # (which free unmaps) and no trimming of the heaps' tops.
 MALLOC_TUNABLES = {"glibc.malloc.hugetlb": "1", "glibc.malloc.mmap_max": "0",
                    "glibc.malloc.trim_threshold": str(64 << 30)}
+KEEP_FREED = f"glibc.malloc.mmap_max={MALLOC_TUNABLES['glibc.malloc.mmap_max']}"
 # XLA:CPU hands convolutions, dots and reductions to YNNPACK; this keeps the dots and
 # reductions there and leaves the convolutions to XLA's own Eigen kernels.
 EIGEN_CONVOLUTIONS = ("--xla_cpu_experimental_ynn_fusion_type="
@@ -45,7 +46,7 @@ def setup_jax(args: argparse.Namespace | None = None) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} {EIGEN_CONVOLUTIONS}".strip()
     import jax
 
-    if "glibc.malloc.mmap_max=0" in os.environ.get("GLIBC_TUNABLES", ""):
+    if KEEP_FREED in os.environ.get("GLIBC_TUNABLES", ""):
         jax.config.update("jax_cpu_enable_async_dispatch", False)
 
     if args is not None and getattr(args, "coordinator", None):
@@ -53,6 +54,13 @@ def setup_jax(args: argparse.Namespace | None = None) -> None:
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "jaxdepth" / "xla"))
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def malloc_tunables(existing: str = "") -> str:
+    """``GLIBC_TUNABLES`` with ``MALLOC_TUNABLES`` added after ``existing``, each one the
+    user has not set already."""
+    ours = [f"{k}={v}" for k, v in MALLOC_TUNABLES.items() if f"{k}=" not in existing]
+    return ":".join(filter(None, [existing, *ours]))
 
 
 def restart_with_huge_page_malloc() -> None:
@@ -73,8 +81,7 @@ def restart_with_huge_page_malloc() -> None:
     if (platform.libc_ver()[0] != "glibc" or "glibc.malloc.hugetlb" in tunables
             or os.environ.get("JAXDEPTH_HUGE_PAGES") == "0"):
         return
-    ours = [f"{k}={v}" for k, v in MALLOC_TUNABLES.items() if f"{k}=" not in tunables]
-    env = {**os.environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, *ours]))}
+    env = {**os.environ, "GLIBC_TUNABLES": malloc_tunables(tunables)}
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
