@@ -36,6 +36,7 @@ import jax.numpy as jnp
 
 from jaxdepth.encodings import FillCorrection, LidarEncoding
 from jaxdepth.models.convolution import float_conv
+from jaxdepth.models.pooling import max_pool
 from jaxdepth.quant import aqt_backend
 from jaxdepth.quant import integer_ops as iops
 from jaxdepth.quant import numerics as qn
@@ -404,12 +405,11 @@ class MaxPool(nn.Module):
         return {"window": self.window, "stride": self.stride, "padding": self.padding}
 
     def __call__(self, x: Tensor) -> Tensor:
-        pad = ((self.padding, self.padding),) * 2
-        pool = lambda v: nn.max_pool(v, (self.window,) * 2, (self.stride,) * 2, padding=pad)
         if not isinstance(x, qn.QValue):
-            return pool(x)
+            return max_pool(x, self.window, self.stride, self.padding)
         codes = iops.max_pool(x.codes, self.window, self.stride, self.padding, x.fmt)
-        return x.replace(value=pool(x.value), codes=codes, name=path(self))
+        value = max_pool(x.value, self.window, self.stride, self.padding)
+        return x.replace(value=value, codes=codes, name=path(self))
 
 
 class Upsample(nn.Module):
