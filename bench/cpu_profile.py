@@ -2,7 +2,7 @@
 run in a loop, in jaxdepth or in PyTorch, sampled by Linux ``perf`` and sorted by the
 code each sample fell in.
 
-A worker process runs the steps, by default jaxdepth under ``train.py``'s malloc setting
+A worker process (``bench/step_worker.py``) runs the steps, by default jaxdepth under ``train.py``'s malloc setting
 (``jaxdepth.cli.restart_with_huge_page_malloc``: huge pages, freed memory kept) and PyTorch
 on glibc's malloc as it comes, which measured faster for it (``--malloc`` chooses;
 ``docs/speed.md``); after two warm-up steps this process samples it with ``perf record`` at 499 Hz for
@@ -34,6 +34,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import step_worker
+
 HZ = 499
 
 
@@ -58,48 +60,14 @@ def category(dso: str, sym: str) -> str:
     return "other"
 
 
-def worker(args: argparse.Namespace) -> None:
-    """Steps until killed, printing the wall-clock end of each step after the warm-up."""
-    from common import random_batch, reference_config, train_step_runner
-    from jaxdepth.cli import restart_with_huge_page_malloc, setup_jax
-
-    if args.malloc == "huge-pages" or (args.malloc == "as-run" and args.framework == "jaxdepth"):
-        restart_with_huge_page_malloc()
-    cfg = reference_config(args.config, args.overrides, args.shape, args.variant)
-    if args.framework == "jaxdepth":
-        setup_jax()
-        run = train_step_runner(cfg)[0]
-    else:
-        import torch
-        from torch_reference import THREADS, torch_step
-        torch.set_num_threads(THREADS)
-        torch.set_num_interop_threads(1)
-        run = torch_step(cfg, random_batch(cfg.data))
-    run()
-    run()
-    print("ready", flush=True)
-    while True:
-        run()
-        print(time.time(), flush=True)
-
-
 def profile(args: argparse.Namespace) -> dict:
     """Samples a worker for ``args.seconds``; CPU seconds per step by category."""
     perf = shutil.which("perf")
     if perf is None:
         sys.exit("cpu_profile: `perf` is not on PATH (Debian: apt install linux-perf)")
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--framework", args.framework,
-           "--shape", args.shape, "--variant", args.variant, "--malloc", args.malloc, "--config", args.config]
-    for o in args.overrides:
-        cmd += ["--set", o]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "ONEDNN_JIT_PROFILE": "2"})
+    proc = step_worker.spawn(args.framework, args.shape, args.variant, args.malloc, args.config, args.overrides,
+                             serve=False, env={"ONEDNN_JIT_PROFILE": "2"})
     try:
-        for line in proc.stdout:
-            if line.strip() == "ready":
-                break
-        else:
-            sys.exit(f"cpu_profile: the {args.framework} worker ended before its first steps")
         with tempfile.TemporaryDirectory() as tmp:
             data = os.path.join(tmp, "perf.data")
             t0 = time.time()
@@ -139,17 +107,13 @@ def main() -> None:
     parser.add_argument("--framework", choices=["jaxdepth", "pytorch"], default="jaxdepth")
     parser.add_argument("--shape", default="192x640x2", metavar="HxWxB")
     parser.add_argument("--variant", choices=["rgb", "san"], default="rgb")
-    parser.add_argument("--malloc", choices=["as-run", "glibc", "huge-pages"], default="as-run",
+    parser.add_argument("--malloc", choices=step_worker.MALLOC, default="as-run",
                         help="as-run: train.py's setting for jaxdepth, glibc's as it comes for PyTorch; "
                              "huge-pages: train.py's setting (jaxdepth.cli.MALLOC_TUNABLES) for either")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        worker(args)
-        return
     r = profile(args)
     print(f"{r['framework']} {r['variant']} {r['shape']} ({r['malloc']} malloc): {r['steps']} steps sampled, "
           f"{r['step_s']:.3f} s per step, {r['cpu_s_per_step']:.3f} CPU s per step")

@@ -16,21 +16,29 @@ term (``train.consistency_weight``). Both sides use 2 threads and the same shape
 frameworks' steps alternate (A B A B ...) so both see the same machine load, and the
 medians are compared.
 
+One run of this script times both frameworks, each by default in a worker process of its
+own (``bench/step_worker.py``), as each is used: jaxdepth under ``train.py``'s malloc
+setting, PyTorch on glibc's malloc as it comes (``--malloc``). ``--in-process`` steps both
+in this one process on glibc's malloc as it comes: there they share one heap and the
+cores with each other's idle threads, and under ``train.py``'s setting XLA's steps
+slowed (``docs/speed.md``).
+
 torch is a benchmark-only dependency: ``pip install -e '.[bench]'``. Usage:
     python bench/torch_reference.py [--config configs/default.yaml] [--steps 5]
-        [--shapes 192x640x2 64x224x8] [--variants rgb san] [--set k=v ...]
+        [--shapes 192x640x2 64x224x8] [--variants rgb san] [--malloc as-run|glibc|huge-pages]
+        [--in-process] [--set k=v ...]
 Prints a table and one JSON line (``ratio`` = jaxdepth step time / PyTorch step time).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from typing import Callable
 
 import numpy as np
+import step_worker
 import torch
-from common import random_batch, reference_config, train_step_runner
+from common import alternating, random_batch, reference_config, train_step_runner
 import torch.nn.functional as F
 from torch import nn
 
@@ -270,29 +278,38 @@ def torch_step(cfg, batch: dict) -> Callable[[], None]:
 # ----------------------------------------------------------------------------- timing
 
 
-def seconds(fn: Callable[[], None]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def in_processes(args: argparse.Namespace, shape: str, variant: str) -> dict[str, list[float]]:
+    """Each framework's step in a worker of its own (``bench/step_worker.py``), stepped in turn."""
+    workers = {fw: step_worker.spawn(fw, shape, variant, args.malloc, args.config, args.overrides, serve=True)
+               for fw in ("jaxdepth", "pytorch")}
+    times: dict[str, list[float]] = {fw: [] for fw in workers}
+    try:
+        for _ in range(args.steps):
+            for fw, proc in workers.items():
+                times[fw].append(step_worker.step_seconds(proc))
+        return times
+    finally:
+        for p in workers.values():
+            p.stdin.close()
+            p.wait()
 
 
-def compare(cfg, steps: int) -> dict:
-    """Warm-up (compilation) of both, then ``steps`` alternating timed steps of each."""
-    d = cfg.data
-    jax_run, jax_first = train_step_runner(cfg)     # its first step: compilation included
-    runs = {"jaxdepth": jax_run, "pytorch": torch_step(cfg, random_batch(d))}
-    first = {"jaxdepth": jax_first, "pytorch": seconds(runs["pytorch"])}
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(steps):
-        for k, fn in runs.items():
-            times[k].append(seconds(fn))
+def in_this_process(args: argparse.Namespace, shape: str, variant: str) -> dict[str, list[float]]:
+    """Both frameworks' steps in this process (its malloc: glibc's as it comes), in turn."""
+    cfg = reference_config(args.config, args.overrides, shape, variant)
+    runs = {"jaxdepth": train_step_runner(cfg)[0], "pytorch": torch_step(cfg, random_batch(cfg.data))}
+    runs["pytorch"]()
+    return alternating(runs, args.steps)[0]
+
+
+def row(shape: str, variant: str, times: dict[str, list[float]]) -> dict:
+    h, w, b = (int(v) for v in shape.split("x"))
     med = {k: float(np.median(v)) for k, v in times.items()}
-    return {"height": d.height, "width": d.width, "batch": d.batch_size, "sparse": cfg.model.sparse,
+    return {"variant": variant, "height": h, "width": w, "batch": b,
             "jaxdepth_s": round(med["jaxdepth"], 3), "pytorch_s": round(med["pytorch"], 3),
             "jaxdepth_range_s": [round(min(times["jaxdepth"]), 3), round(max(times["jaxdepth"]), 3)],
             "pytorch_range_s": [round(min(times["pytorch"]), 3), round(max(times["pytorch"]), 3)],
-            "ratio": round(med["jaxdepth"] / med["pytorch"], 3),
-            "jaxdepth_first_s": round(first["jaxdepth"], 1)}
+            "ratio": round(med["jaxdepth"] / med["pytorch"], 3)}
 
 
 def main() -> None:
@@ -301,28 +318,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--shapes", nargs="+", default=["192x640x2", "64x224x8"], metavar="HxWxB")
     parser.add_argument("--variants", nargs="+", default=["rgb", "san"], choices=["rgb", "san"])
+    parser.add_argument("--malloc", choices=step_worker.MALLOC, default="as-run",
+                        help="the workers' malloc (bench/step_worker.py)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="both frameworks in this process, on glibc's malloc as it comes")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    # Both frameworks on glibc's malloc as it comes: with PyTorch stepping in the same
-    # process, the huge-page malloc of train.py slowed XLA's steps (docs/speed.md).
-    from jaxdepth.cli import setup_jax
-    torch.set_num_threads(THREADS)
-    torch.set_num_interop_threads(1)
-    setup_jax()
+    if args.in_process:
+        from jaxdepth.cli import setup_jax
+        torch.set_num_threads(THREADS)
+        torch.set_num_interop_threads(1)
+        setup_jax()
     import jax
 
-    rows = []
-    for shape in args.shapes:
-        for variant in args.variants:
-            rows.append({"variant": variant,
-                         **compare(reference_config(args.config, args.overrides, shape, variant), args.steps)})
-
+    timed = in_this_process if args.in_process else in_processes
+    rows = [row(shape, variant, timed(args, shape, variant)) for shape in args.shapes for variant in args.variants]
     print(f"{'network':<8}{'HxW':>9}{'batch':>6}{'jaxdepth s':>12}{'PyTorch s':>11}{'ratio':>7}")
     for r in rows:
         print(f"{r['variant']:<8}{r['height']:>4}x{r['width']:<4}{r['batch']:>6}{r['jaxdepth_s']:>12.3f}"
               f"{r['pytorch_s']:>11.3f}{r['ratio']:>7.2f}")
     print(json.dumps({"bench": "torch_reference", "torch": torch.__version__, "jax": jax.__version__,
-                      "threads": THREADS, "steps": args.steps, "results": rows}))
+                      "threads": THREADS, "steps": args.steps,
+                      "processes": "one" if args.in_process else f"one per framework, malloc {args.malloc}",
+                      "results": rows}))
 
 
 if __name__ == "__main__":
