@@ -2,11 +2,11 @@
 run in a loop, in jaxdepth or in PyTorch, sampled by Linux ``perf`` and sorted by the
 code each sample fell in.
 
-A worker process (``bench/step_worker.py``) runs the steps, by default jaxdepth under ``train.py``'s malloc setting
-(``jaxdepth.cli.restart_with_huge_page_malloc``: huge pages, freed memory kept) and PyTorch
-on glibc's malloc as it comes, which measured faster for it (``--malloc`` chooses;
-``docs/speed.md``); after two warm-up steps this process samples it with ``perf record`` at 499 Hz for
-``--seconds``. oneDNN is told to name its generated kernels (``ONEDNN_JIT_PROFILE=2``, a
+A worker process (``bench/step_worker.py``) runs the steps, by default jaxdepth under
+``train.py``'s malloc setting (``jaxdepth.cli.restart_with_huge_page_malloc``: huge pages,
+freed memory kept) and PyTorch on glibc's malloc as it comes, which measured no slower for
+it (``--malloc`` chooses; ``docs/speed.md``); after two warm-up steps this process samples
+it with ``perf record`` at 499 Hz for ``--seconds``. oneDNN is told to name its generated kernels (``ONEDNN_JIT_PROFILE=2``, a
 ``/tmp/perf-<pid>.map`` perf reads): XLA:CPU's Eigen convolutions multiply through
 oneDNN's GEMM kernels, PyTorch's convolutions are oneDNN's own. Code generated without
 a name is XLA's compiled loops (its fusions: transposes, elementwise, reductions).

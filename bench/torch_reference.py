@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from importlib.metadata import version
 from typing import Callable
 
 import numpy as np
@@ -329,7 +330,6 @@ def main() -> None:
         torch.set_num_threads(THREADS)
         torch.set_num_interop_threads(1)
         setup_jax()
-    import jax
 
     timed = in_this_process if args.in_process else in_processes
     rows = [row(shape, variant, timed(args, shape, variant)) for shape in args.shapes for variant in args.variants]
@@ -337,7 +337,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['variant']:<8}{r['height']:>4}x{r['width']:<4}{r['batch']:>6}{r['jaxdepth_s']:>12.3f}"
               f"{r['pytorch_s']:>11.3f}{r['ratio']:>7.2f}")
-    print(json.dumps({"bench": "torch_reference", "torch": torch.__version__, "jax": jax.__version__,
+    print(json.dumps({"bench": "torch_reference", "torch": torch.__version__, "jax": version("jax"),
                       "threads": THREADS, "steps": args.steps,
                       "processes": "one" if args.in_process else f"one per framework, malloc {args.malloc}",
                       "results": rows}))
