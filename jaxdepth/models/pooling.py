@@ -46,8 +46,7 @@ def _in_strides(size: int, stride: int, padding: int) -> int:
 
 def _first_max(x: jax.Array, y: jax.Array, window: int, stride: int, padding: int) -> jax.Array:
     """Each output's first window position (row-major) whose input equals it."""
-    n, h, w, c = x.shape
-    ho, wo = y.shape[1:3]
+    n, ho, wo, c = y.shape
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
     first = jnp.zeros(y.shape, jnp.int8 if window * window <= 127 else jnp.int32)
     for k in reversed(range(window * window)):
