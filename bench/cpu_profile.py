@@ -6,12 +6,13 @@ A worker process (``bench/step_worker.py``) runs the steps, by default jaxdepth 
 ``train.py``'s malloc setting (``jaxdepth.cli.restart_with_huge_page_malloc``: huge pages,
 freed memory kept) and PyTorch on glibc's malloc as it comes, which measured no slower for
 it (``--malloc`` chooses; ``docs/speed.md``); after two warm-up steps this process samples
-it with ``perf record`` at 499 Hz for ``--seconds``. oneDNN is told to name its generated kernels (``ONEDNN_JIT_PROFILE=2``, a
-``/tmp/perf-<pid>.map`` perf reads): XLA:CPU's Eigen convolutions multiply through
-oneDNN's GEMM kernels, PyTorch's convolutions are oneDNN's own. Code generated without
-a name is XLA's compiled loops (its fusions: transposes, elementwise, reductions).
-Each category's CPU seconds per step are its samples / 499 Hz over the steps finished
-while sampling; the step time is the sampling window over those steps.
+it with ``perf record`` at 499 Hz for ``--seconds``. oneDNN is told to name its generated
+kernels (``ONEDNN_JIT_PROFILE=2``, a ``/tmp/perf-<pid>.map`` perf reads): XLA:CPU's Eigen
+convolutions multiply through oneDNN's GEMM kernels, PyTorch's convolutions are oneDNN's
+own. Code generated without a name is XLA's compiled loops (its fusions: transposes,
+elementwise, reductions). Each category's CPU seconds per step are its samples / 499 Hz
+over the steps finished while sampling; the step time is the sampling window over those
+steps.
 
 Needs ``perf`` (Debian: ``linux-perf``) and the right to sample the worker
 (``/proc/sys/kernel/perf_event_paranoid`` <= 1, or root); PyTorch needs the ``bench``

@@ -7,11 +7,11 @@ ms, against 5 ms for the forward. Here the forward also records, for each output
 window position (row-major) that holds its maximum, the element select-and-scatter picks;
 the backward selects the output gradient with it and adds the terms into the input's
 stride phases, each input's terms in window order, with no scatter. The gradients are
-autodiff's (``tests/test_pooling.py``); forward and gradient together take 0.48-0.57x
+autodiff's (``tests/test_pooling.py``); forward and gradient together take 0.46-0.61x
 autodiff's time on the network's pools (``bench/pooling.py``). The backward reads that
 int8 index, not the input: with the input as its residual, XLA recomputed the input's
 producers (in QAT the SAN's fake-quant sums) inside the gradient's loops, and the QAT
-step took 1.2x its time.
+step took 1.28x its time (``docs/speed.md``).
 """
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ def _first_max(x: jax.Array, y: jax.Array, window: int, stride: int, padding: in
     first = jnp.zeros(y.shape, jnp.int8 if window * window <= 127 else jnp.int32)
     for k in reversed(range(window * window)):
         dy, dx = divmod(k, window)
-        seen = jax.lax.slice(xp, (0, dy, dx, 0), (n, dy + stride * (ho - 1) + 1, dx + stride * (wo - 1) + 1, c),
-                             (1, stride, stride, 1))
+        end = (n, dy + stride * (ho - 1) + 1, dx + stride * (wo - 1) + 1, c)
+        seen = jax.lax.slice(xp, (0, dy, dx, 0), end, (1, stride, stride, 1))
         first = jnp.where(seen == y, jnp.asarray(k, first.dtype), first)
     return first
 
